@@ -1,0 +1,162 @@
+"""`create_app()`: the coordinator's HTTP API (FastAPI), its middleware, errors and lifespan."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coordinator import errors
+from coordinator.campaigns.endpoints import router as campaigns_router
+from coordinator.config import Settings
+from coordinator.datasets.endpoints import router as datasets_router
+from coordinator.db import migrate, transaction
+from coordinator.deps import OperatorDep, SessionDep
+from coordinator.jobs import repository as jobs_repository
+from coordinator.jobs.endpoints import router as jobs_router
+from coordinator.metrics import Metrics
+from coordinator.problems.endpoints import router as problems_router
+from coordinator.results.endpoints import router as results_router
+from coordinator.results.tasks import requeue_pending
+from coordinator.runtime import Runtime, build_runtime, set_runtime
+from coordinator.stats import collect_stats
+from coordinator.workers.endpoints import router as workers_router
+from shared import __version__
+from shared.protocol import API_PREFIX, PROTOCOL_HEADER, PROTOCOL_VERSION, ErrorBody, ErrorInfo, Routes, ServerInfo, Stats
+
+log = logging.getLogger(__name__)
+DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.FlywheelError)
+    async def flywheel_error(_: Request, exc: errors.FlywheelError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:50]]
+        return error_response(422, "validation_error", "the request is malformed", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Handler) -> Response:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
+            return error_response(413, "payload_too_large", f"requests are limited to {settings.max_request_bytes} bytes")
+        if request.headers.get("transfer-encoding", "").lower() == "chunked" and length is None:
+            return error_response(411, "length_required", "send a Content-Length header")
+        version = request.headers.get(PROTOCOL_HEADER)
+        if version is not None and version != str(PROTOCOL_VERSION):
+            return error_response(426, "protocol_mismatch", f"this coordinator speaks protocol {PROTOCOL_VERSION}",
+                                  {"server": PROTOCOL_VERSION, "client": version})
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        return response
+
+
+def _sweeper(runtime: Runtime, stop: threading.Event) -> None:
+    """Finds verification work a crash or a lost task left behind; first pass at start-up."""
+    age = 0.0
+    while not stop.is_set():
+        try:
+            requeue_pending(runtime, older_than_s=age)
+        except Exception:
+            log.exception("sweeper pass failed")
+        age = runtime.settings.requeue_pending_after_s
+        stop.wait(age)
+
+
+def _meta_router(metrics: Metrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(API_PREFIX + Routes.info, response_model=ServerInfo, tags=["meta"])
+    def info() -> ServerInfo:
+        return ServerInfo(version=__version__)
+
+    @router.get(API_PREFIX + Routes.stats, response_model=Stats, tags=["meta"])
+    def stats(session: SessionDep, _: OperatorDep) -> Stats:
+        return collect_stats(session)
+
+    @router.get("/healthz", tags=["meta"])
+    def healthz(session: SessionDep) -> dict[str, str]:
+        jobs_repository.count_by_status(session)
+        return {"status": "ok"}
+
+    @router.get("/metrics", tags=["meta"])
+    def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> str:
+        return DASHBOARD.read_text(encoding="utf-8")
+
+    return router
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or (runtime.settings if runtime else Settings())
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            migrate(settings)
+        rt = runtime or build_runtime(settings)
+        app.state.runtime = rt
+        set_runtime(rt)
+        stop = threading.Event()
+        sweeper = threading.Thread(target=_sweeper, args=(rt, stop), name="flywheel-sweeper", daemon=True)
+        sweeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            sweeper.join(timeout=5)
+            if runtime is None:
+                rt.close()
+
+    app = FastAPI(title="Flywheel coordinator", version=__version__, lifespan=lifespan)
+    _install_error_handlers(app)
+    _install_middleware(app, settings, metrics)
+    for router in (workers_router, jobs_router, results_router, problems_router, campaigns_router, datasets_router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(_meta_router(metrics))
+    return app
+
+
+__all__ = ["create_app", "transaction"]

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    problem_set_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("problem_sets.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_revision: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    sampling: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    samples_per_problem: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

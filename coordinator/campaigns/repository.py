@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator.campaigns.models import Campaign
+from coordinator.jobs.models import Job
+from coordinator.results.models import Trace
+
+
+def add(session: Session, campaign: Campaign) -> Campaign:
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def get(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
+    return session.get(Campaign, campaign_id)
+
+
+def by_name(session: Session, name: str) -> Campaign | None:
+    return session.scalars(select(Campaign).where(Campaign.name == name)).first()
+
+
+def list_all(session: Session) -> Sequence[Campaign]:
+    return session.scalars(select(Campaign).order_by(Campaign.created_at)).all()
+
+
+def job_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
+    query = select(Job.status, func.count()).where(Job.campaign_id == campaign_id).group_by(Job.status)
+    return {status: int(n) for status, n in session.execute(query)}
+
+
+def trace_counts(session: Session, campaign_id: uuid.UUID) -> tuple[dict[str, int], int]:
+    query = (
+        select(Trace.status, func.count(), func.coalesce(func.sum(Trace.completion_tokens), 0))
+        .where(Trace.campaign_id == campaign_id)
+        .group_by(Trace.status)
+    )
+    counts, tokens = {}, 0
+    for status, n, t in session.execute(query):
+        counts[status] = int(n)
+        tokens += int(t)
+    return counts, tokens
+
+
+def count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Campaign)) or 0)

@@ -1,0 +1,203 @@
+"""`flywheel coordinator ...`: serve the API, run background tasks, administer the database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    if args.workers > 1:
+        uvicorn.run("coordinator.app:create_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level, access_log=False)
+        return 0
+    from coordinator.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from coordinator.queue import run_rq_worker
+
+    settings = Settings()
+    if not settings.redis_url:
+        print("flywheel coordinator tasks needs REDIS_URL; without it the API runs tasks in-process.",
+              file=sys.stderr)
+        return 2
+    queues = args.queues or [settings.verify_queue, settings.default_queue]
+    if args.processes == 1:
+        run_rq_worker(settings.redis_url, queues, burst=args.burst)
+        return 0
+    procs = [multiprocessing.Process(target=run_rq_worker, args=(settings.redis_url, queues, args.burst))
+             for _ in range(args.processes)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from coordinator.db import migrate
+
+    migrate(Settings())
+    print("database is at the newest schema")
+    return 0
+
+
+def _with_session(work: Callable[[Any], Any]) -> Any:
+    from coordinator.db import make_engine, make_session_factory, migrate, transaction
+
+    settings = Settings()
+    migrate(settings)
+    engine = make_engine(settings)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            return work(session)
+    finally:
+        engine.dispose()
+
+
+def _create_token(args: argparse.Namespace) -> int:
+    from coordinator.workers import service
+    from shared.protocol import Scope
+
+    worker, token = _with_session(lambda s: service.create(s, args.name, Scope(args.scope)))
+    print(json.dumps({"worker_id": str(worker.id), "scope": args.scope, "token": token}))
+    return 0
+
+
+def _problems(args: argparse.Namespace) -> int:
+    from coordinator.problems import service
+    from shared.protocol import ProblemSetCreate
+
+    options = json.loads(args.options) if args.options else {}
+    request = ProblemSetCreate(name=args.name, source=args.source, split=args.split, limit=args.limit,
+                               seed=args.seed, options=options)
+
+    def work(session: Any) -> Any:
+        if args.source == "jsonl":
+            with Path(args.file).open(encoding="utf-8") as handle:
+                return service.to_out(service.create_set(session, request, handle))
+        return service.to_out(service.create_set(session, request))
+
+    print(_with_session(work).model_dump_json(indent=2))
+    return 0
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from coordinator.campaigns import service
+    from coordinator.problems import repository as problems
+    from shared.protocol import CampaignCreate, ModelRef, SamplingParams
+
+    def work(session: Any) -> Any:
+        problem_set = problems.set_by_name(session, args.problem_set)
+        if problem_set is None:
+            raise SystemExit(f"no problem set named {args.problem_set!r}")
+        sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                  max_tokens=args.max_tokens)
+        request = CampaignCreate(name=args.name, problem_set_id=problem_set.id, model=ModelRef(name=args.model),
+                                 sampling=sampling, samples_per_problem=args.samples, seed=args.seed)
+        return service.to_out(session, service.create(session, request))
+
+    print(_with_session(work).model_dump_json(indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from coordinator.campaigns import repository as campaigns
+    from coordinator.datasets import service
+
+    def work(session: Any) -> int:
+        campaign = campaigns.by_name(session, args.campaign)
+        if campaign is None:
+            campaign = campaigns.get(session, uuid.UUID(args.campaign))
+        where = service.ExportFilter(statuses=tuple(args.status))
+        rows = service.records(session, campaign.id, where)
+        out = Path(args.out)
+        if args.format == "parquet":
+            return service.write_parquet(rows, out)
+        n = 0
+        with out.open("wb") as handle:
+            for chunk in service.jsonl_chunks(rows):
+                handle.write(chunk)
+                n += 1
+        return n
+
+    print(f"wrote {_with_session(work)} rows to {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel coordinator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API (DATABASE_URL, REDIS_URL from the environment)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=_serve)
+    tasks = sub.add_parser("tasks", help="run RQ workers for background tasks (needs REDIS_URL)")
+    tasks.add_argument("--queues", nargs="*")
+    tasks.add_argument("--processes", type=int, default=1)
+    tasks.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    tasks.set_defaults(func=_tasks)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    token = sub.add_parser("create-token", help="create an operator, researcher or volunteer token")
+    token.add_argument("--name", required=True)
+    token.add_argument("--scope", choices=["operator", "researcher", "volunteer"], default="operator")
+    token.set_defaults(func=_create_token)
+    problems = sub.add_parser("problems", help="load a problem set (built-in source or JSONL file)")
+    problems.add_argument("source", choices=["jsonl", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"])
+    problems.add_argument("--name", required=True)
+    problems.add_argument("--file", help="the JSONL file (source jsonl)")
+    problems.add_argument("--split", default="test")
+    problems.add_argument("--limit", type=int)
+    problems.add_argument("--seed", type=int, default=0)
+    problems.add_argument("--options", help="JSON object of source options")
+    problems.set_defaults(func=_problems)
+    _campaign_parser(sub)
+    export = sub.add_parser("export", help="write a campaign's traces to JSONL or Parquet")
+    export.add_argument("campaign", help="campaign name or id")
+    export.add_argument("--format", choices=["jsonl", "parquet"], default="parquet")
+    export.add_argument("--out", required=True)
+    export.add_argument("--status", nargs="+", default=["accepted"])
+    export.set_defaults(func=_export)
+    return parser
+
+
+def _campaign_parser(sub: Any) -> None:
+    campaign = sub.add_parser("campaign", help="start a campaign over a problem set")
+    campaign.add_argument("--name", required=True)
+    campaign.add_argument("--problem-set", required=True)
+    campaign.add_argument("--model", required=True)
+    campaign.add_argument("--samples", type=int, default=1)
+    campaign.add_argument("--temperature", type=float, default=1.0)
+    campaign.add_argument("--top-p", type=float, default=1.0)
+    campaign.add_argument("--top-k", type=int, default=0)
+    campaign.add_argument("--max-tokens", type=int, default=512)
+    campaign.add_argument("--seed", type=int, default=0)
+    campaign.set_defaults(func=_campaign)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

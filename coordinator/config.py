@@ -1,0 +1,49 @@
+"""Coordinator settings, read from the environment (no instance is created at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; `FLYWHEEL_*` variables, plus the usual `DATABASE_URL`/`REDIS_URL`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = Field(
+        default="sqlite:///.flywheel/flywheel.db",
+        validation_alias=AliasChoices("DATABASE_URL", "FLYWHEEL_DATABASE_URL"),
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "FLYWHEEL_REDIS_URL")
+    )
+    data_dir: Path = Path(".flywheel")
+    lease_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
+    heartbeat_interval_s: float = Field(default=30.0, gt=0, le=3_600)
+    max_in_flight_per_worker: int = Field(default=256, ge=1, le=100_000)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    registration_open: bool = True
+    auto_migrate: bool = Field(default=True, description="apply migrations when the API starts")
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    inprocess_task_threads: int = Field(default=2, ge=1, le=64)
+    requeue_pending_after_s: float = Field(
+        default=120.0, ge=1, description="re-enqueue verification of traces still pending this long"
+    )
+    verify_queue: str = "verify"
+    default_queue: str = "default"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[-1]
+        return None if path in {"", ":memory:"} else Path(path)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

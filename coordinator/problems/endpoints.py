@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from coordinator.db import transaction
+from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
+from coordinator.errors import BadRequest
+from coordinator.problems import service
+from shared.protocol import ProblemSetCreate, ProblemSetOut, Routes
+
+router = APIRouter(tags=["problems"])
+
+
+@router.post(Routes.problem_sets, response_model=ProblemSetOut, status_code=201)
+def create(body: ProblemSetCreate, session: SessionDep, _: OperatorDep) -> ProblemSetOut:
+    """Load a built-in source (gsm8k, arithmetic, reasoning_gym, humaneval)."""
+    return service.to_out(service.create_set(session, body))
+
+
+@router.post(Routes.problem_sets + "/import", response_model=ProblemSetOut, status_code=201)
+async def import_jsonl(request: Request, name: str, _: OperatorDep, rt: RuntimeDep) -> ProblemSetOut:
+    """Import a JSONL body (one problem per line, see docs/problems.md); all lines or none."""
+    body = await request.body()
+    try:
+        lines = body.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the problem file is not UTF-8") from exc
+    spec = ProblemSetCreate(name=name, source="jsonl")
+
+    def work() -> ProblemSetOut:
+        with transaction(rt.sessions) as session:
+            return service.to_out(service.create_set(session, spec, lines))
+
+    return await run_in_threadpool(work)
+
+
+@router.get(Routes.problem_sets, response_model=list[ProblemSetOut])
+def list_sets(session: SessionDep, _: OperatorDep) -> list[ProblemSetOut]:
+    return [service.to_out(s) for s in service.list_sets(session)]
+
+
+@router.get(Routes.problem_sets + "/{set_id}", response_model=ProblemSetOut)
+def get_set(set_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> ProblemSetOut:
+    return service.to_out(service.get_set(session, set_id))

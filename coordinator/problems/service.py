@@ -1,0 +1,135 @@
+"""Problem sets: JSONL import and built-in sources."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from coordinator.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from coordinator.problems import repository
+from coordinator.problems.models import ProblemSet
+from coordinator.problems.sources import builtin
+from shared.protocol import ProblemIn, ProblemSetCreate, ProblemSetOut, VerifierSpec
+
+MAX_LINE_ERRORS = 20
+
+
+def verifier_spec(problem: ProblemIn) -> VerifierSpec:
+    """The hidden half of a problem: what the verifier needs, kept on the coordinator."""
+    if problem.verifier == "math":
+        return VerifierSpec(kind="math", gold=problem.answer)
+    if problem.verifier == "reasoning_gym":
+        entry = problem.metadata.get("entry") or {"answer": problem.answer, "metadata": problem.metadata}
+        dataset = problem.metadata.get("dataset")
+        if not dataset:
+            raise BadRequest(f"problem {problem.id}: reasoning_gym problems need metadata.dataset")
+        return VerifierSpec(kind="reasoning_gym", gold=problem.answer, config={"dataset": dataset, "entry": entry})
+    record = problem.metadata.get("record")
+    if record is not None:
+        from verifier.code import spec_from_humaneval
+
+        return spec_from_humaneval(record)
+    if not isinstance(problem.answer, dict):
+        raise BadRequest(f"problem {problem.id}: code problems need `answer` in the code test format")
+    return VerifierSpec(kind="code", config=problem.answer)
+
+
+def _row(set_id: uuid.UUID, problem: ProblemIn) -> dict[str, Any]:
+    spec = verifier_spec(problem)
+    public = {k: v for k, v in problem.metadata.items() if k not in {"entry", "record", "solution"}}
+    return {
+        "id": uuid.uuid4(),
+        "problem_set_id": set_id,
+        "external_id": problem.id,
+        "prompt": problem.prompt,
+        "system": problem.system,
+        "verifier_kind": spec.kind,
+        "verifier_spec": spec.model_dump(mode="json"),
+        "extra": public,
+    }
+
+
+def parse_jsonl(lines: Iterable[str | bytes]) -> Iterator[ProblemIn]:
+    """Validate every line; collect errors so one upload reports all its bad lines at once."""
+    errors: list[dict[str, Any]] = []
+    parsed: list[ProblemIn] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        if not line.strip():
+            continue
+        try:
+            parsed.append(ProblemIn.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            errors.append({"line": number, "error": str(exc).splitlines()[0][:300]})
+            if len(errors) >= MAX_LINE_ERRORS:
+                break
+    if errors:
+        raise ValidationFailed("the problem file has invalid lines; nothing was imported", details=errors)
+    if not parsed:
+        raise ValidationFailed("the problem file holds no problems")
+    return iter(parsed)
+
+
+def _source_rows(request: ProblemSetCreate, lines: Iterable[str | bytes] | None) -> Iterator[ProblemIn]:
+    if request.source == "jsonl":
+        if lines is None:
+            raise BadRequest("a jsonl problem set needs a file")
+        return parse_jsonl(lines)
+    if request.source == "gsm8k":
+        return builtin.gsm8k(request.split, request.limit)
+    if request.source == "arithmetic":
+        return builtin.arithmetic_problems(request.split, request.limit, request.seed, request.options)
+    if request.source == "reasoning_gym":
+        return builtin.reasoning_gym_problems(request.limit, request.seed, request.options)
+    return builtin.humaneval_problems(request.limit)
+
+
+def create_set(
+    session: Session, request: ProblemSetCreate, lines: Iterable[str | bytes] | None = None
+) -> ProblemSet:
+    """Import a whole problem set in one transaction: it appears complete or not at all."""
+    if repository.set_by_name(session, request.name) is not None:
+        raise Conflict(f"a problem set named {request.name!r} exists")
+    problems = _source_rows(request, lines)
+    problem_set = repository.add_set(session, ProblemSet(name=request.name, source=request.source))
+    seen: set[str] = set()
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for problem in problems:
+            if problem.id in seen:
+                raise ValidationFailed(f"duplicate problem id {problem.id!r}")
+            seen.add(problem.id)
+            yield _row(problem_set.id, problem)
+
+    try:
+        problem_set.size = repository.insert_problems(session, rows())
+    except IntegrityError as exc:
+        raise Conflict("problem ids must be unique within a set") from exc
+    return problem_set
+
+
+def get_set(session: Session, set_id: uuid.UUID) -> ProblemSet:
+    problem_set = repository.get_set(session, set_id)
+    if problem_set is None:
+        raise NotFound(f"no problem set {set_id}")
+    return problem_set
+
+
+def to_out(problem_set: ProblemSet) -> ProblemSetOut:
+    return ProblemSetOut(
+        id=problem_set.id,
+        name=problem_set.name,
+        source=problem_set.source,
+        size=problem_set.size,
+        created_at=problem_set.created_at,
+    )
+
+
+def list_sets(session: Session) -> Sequence[ProblemSet]:
+    return repository.list_sets(session)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+
+PENDING = "pending"
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+
+
+class Trace(Base):
+    """A submitted completion; `accepted` only once the verifier's verdict is stored."""
+
+    __tablename__ = "traces"
+    __table_args__ = (
+        Index("ix_traces_campaign_status", "campaign_id", "status"),
+        Index("ix_traces_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    worker_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("workers.id"), index=True)
+    lease_id: Mapped[uuid.UUID] = mapped_column(GUID)
+    attempt_id: Mapped[uuid.UUID] = mapped_column(GUID, unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    completion_token_ids: Mapped[list[int]] = mapped_column(JSONType)
+    logprobs: Mapped[list[float]] = mapped_column(JSONType)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    generate_s: Mapped[float] = mapped_column(Float, default=0.0)
+    engine: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

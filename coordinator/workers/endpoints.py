@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
+from coordinator.errors import Forbidden
+from coordinator.workers import service
+from coordinator.workers.models import Worker
+from shared.protocol import (
+    RegisterRequest,
+    RegisterResponse,
+    Routes,
+    Scope,
+    TokenCreate,
+    TokenOut,
+    WorkerOut,
+)
+
+router = APIRouter(tags=["workers"])
+
+
+@router.post(Routes.register, response_model=RegisterResponse, status_code=201)
+def register(body: RegisterRequest, session: SessionDep, rt: RuntimeDep) -> RegisterResponse:
+    if not rt.settings.registration_open:
+        raise Forbidden("registration is closed; ask an operator for a token")
+    worker, token = service.create(session, body.name, Scope.volunteer, body)
+    return RegisterResponse(worker_id=worker.id, token=token, scope=Scope.volunteer)
+
+
+@router.post(Routes.tokens, response_model=TokenOut, status_code=201)
+def create_token(body: TokenCreate, session: SessionDep, _: OperatorDep) -> TokenOut:
+    worker, token = service.create(session, body.name, body.scope)
+    return TokenOut(worker_id=worker.id, token=token, scope=body.scope)
+
+
+def _out(session: SessionDep, worker: Worker) -> WorkerOut:
+    return service.to_out(session, worker)
+
+
+@router.get(Routes.workers, response_model=list[WorkerOut])
+def list_workers(session: SessionDep, _: OperatorDep, limit: int = 100, offset: int = 0) -> list[WorkerOut]:
+    return [_out(session, w) for w in service.list_workers(session, min(limit, 1000), max(offset, 0))]
+
+
+@router.post(Routes.workers + "/{worker_id}/ban", response_model=WorkerOut)
+def ban(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> WorkerOut:
+    return _out(session, service.set_banned(session, worker_id, True))
+
+
+@router.post(Routes.workers + "/{worker_id}/restore", response_model=WorkerOut)
+def restore(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> WorkerOut:
+    return _out(session, service.set_banned(session, worker_id, False))

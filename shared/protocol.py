@@ -1,0 +1,354 @@
+"""Wire protocol of Flywheel: every type that crosses HTTP between coordinator and workers.
+
+Only pydantic and the standard library are imported here, so the worker, the verifier and the
+coordinator can all depend on this module without pulling in each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+PROTOCOL_HEADER = "X-Flywheel-Protocol"
+API_PREFIX = "/v1"
+
+# Hard bounds shared by both sides, so a worker can refuse to send what the coordinator refuses.
+MAX_TEXT_CHARS = 200_000
+MAX_COMPLETION_TOKENS = 32_768
+MAX_BATCH = 256
+MAX_NAME = 128
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+
+
+class Wire(BaseModel):
+    """Base of all wire models: unknown fields are an error, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorInfo(Wire):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(Wire):
+    """The one error shape: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorInfo
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Scope(str, Enum):
+    volunteer = "volunteer"
+    operator = "operator"
+    researcher = "researcher"
+
+
+class EngineInfo(Wire):
+    name: Literal["transformers", "vllm", "openai"]
+    version: str = Field(default="", max_length=64)
+    dtype: str = Field(default="", max_length=32)
+    device: str = Field(default="", max_length=64)
+
+
+class HardwareInfo(Wire):
+    cpu: str = Field(default="", max_length=256)
+    cpu_count: int = Field(default=0, ge=0, le=100_000)
+    memory_gb: float = Field(default=0.0, ge=0)
+    gpus: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=64)
+    gpu_memory_gb: list[float] = Field(default_factory=list, max_length=64)
+    os: str = Field(default="", max_length=256)
+
+
+class RegisterRequest(Wire):
+    name: Name
+    engine: EngineInfo
+    hardware: HardwareInfo = Field(default_factory=HardwareInfo)
+    models: list[Name] = Field(default_factory=list, max_length=64)
+
+
+class RegisterResponse(Wire):
+    worker_id: uuid.UUID
+    token: str
+    scope: Scope
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class ServerInfo(Wire):
+    name: str = "flywheel"
+    version: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class ChatMessage(Wire):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class ModelRef(Wire):
+    """Which model generates: a name the worker knows how to load, and an optional revision."""
+
+    name: Name
+    revision: str | None = Field(default=None, max_length=128)
+
+
+class SamplingParams(Wire):
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=100_000, description="0 disables top-k")
+    max_tokens: int = Field(default=512, ge=1, le=MAX_COMPLETION_TOKENS)
+    seed: int = Field(default=0, ge=0, lt=2**63, description="chosen by the coordinator per job")
+
+
+class JobSpec(Wire):
+    """One generation job: one problem, one sample index, within a campaign."""
+
+    job_id: uuid.UUID
+    campaign_id: uuid.UUID
+    problem_id: str = Field(max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    model: ModelRef
+    sampling: SamplingParams
+    sample_index: int = Field(ge=0)
+    samples_per_problem: int = Field(ge=1)
+
+
+class LeaseRequest(Wire):
+    max_jobs: int = Field(default=8, ge=1, le=MAX_BATCH)
+    models: list[Name] = Field(default_factory=list, max_length=64)
+
+
+class LeasedJob(Wire):
+    lease_id: uuid.UUID
+    deadline: datetime
+    spec: JobSpec
+
+
+class LeaseGrant(Wire):
+    jobs: list[LeasedJob]
+    heartbeat_interval_s: float
+    lease_ttl_s: float
+
+
+class HeartbeatRequest(Wire):
+    lease_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class HeartbeatResponse(Wire):
+    extended: dict[uuid.UUID, datetime]
+    lost: list[uuid.UUID] = Field(description="leases that expired or were taken back")
+
+
+# --------------------------------------------------------------------------- results
+
+
+class FinishReason(str, Enum):
+    stop = "stop"
+    length = "length"
+    error = "error"
+
+
+class Timings(Wire):
+    queued_s: float = Field(default=0.0, ge=0)
+    generate_s: float = Field(default=0.0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+
+
+class TraceSubmission(Wire):
+    lease_id: uuid.UUID
+    attempt_id: uuid.UUID = Field(description="chosen by the worker; makes re-sends idempotent")
+    job_id: uuid.UUID
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    completion_token_ids: list[int] = Field(max_length=MAX_COMPLETION_TOKENS)
+    logprobs: list[float] = Field(max_length=MAX_COMPLETION_TOKENS)
+    finish_reason: FinishReason
+    timings: Timings = Field(default_factory=Timings)
+    engine: EngineInfo
+    hardware: HardwareInfo = Field(default_factory=HardwareInfo)
+
+
+class SubmitRequest(Wire):
+    results: list[TraceSubmission] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class AckStatus(str, Enum):
+    accepted = "accepted"  # stored; verification queued
+    duplicate = "duplicate"  # this attempt was stored before; nothing changed
+    rejected = "rejected"  # not stored (lease lost, wrong job, malformed trace): do not re-send
+
+
+class Ack(Wire):
+    lease_id: uuid.UUID
+    attempt_id: uuid.UUID
+    status: AckStatus
+    reason: str | None = None
+
+
+class SubmitResponse(Wire):
+    acks: list[Ack]
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+class VerifierSpec(Wire):
+    """How to check an answer; travels only inside the coordinator, never to workers."""
+
+    kind: Literal["math", "reasoning_gym", "code"]
+    gold: Any = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Verdict(Wire):
+    score: float = Field(ge=0.0, le=1.0)
+    passed: bool
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TraceStatus(str, Enum):
+    pending = "pending"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class ResultStatus(Wire):
+    job_id: uuid.UUID
+    status: TraceStatus
+    verdict: Verdict | None = None
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class ProblemIn(Wire):
+    """One line of a problem-set JSONL file (see docs/problems.md)."""
+
+    id: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    answer: Any = None
+    verifier: Literal["math", "reasoning_gym", "code"] = "math"
+    system: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProblemSetCreate(Wire):
+    name: Name
+    source: Literal["jsonl", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    split: str = Field(default="test", max_length=32)
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    seed: int = Field(default=0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProblemSetOut(Wire):
+    id: uuid.UUID
+    name: str
+    source: str
+    size: int
+    created_at: datetime
+
+
+class CampaignCreate(Wire):
+    name: Name
+    problem_set_id: uuid.UUID
+    model: ModelRef
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    samples_per_problem: int = Field(default=1, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0, lt=2**62)
+
+
+class CampaignProgress(Wire):
+    jobs: int
+    queued: int
+    leased: int
+    submitted: int
+    accepted: int
+    rejected: int
+    completion_tokens: int
+
+
+class CampaignOut(Wire):
+    id: uuid.UUID
+    name: str
+    problem_set_id: uuid.UUID
+    model: ModelRef
+    sampling: SamplingParams
+    samples_per_problem: int
+    status: Literal["running", "paused", "done"]
+    created_at: datetime
+    progress: CampaignProgress
+
+
+class TokenCreate(Wire):
+    name: Name
+    scope: Scope
+
+
+class TokenOut(Wire):
+    worker_id: uuid.UUID
+    token: str
+    scope: Scope
+
+
+class WorkerOut(Wire):
+    id: uuid.UUID
+    name: str
+    scope: Scope
+    banned: bool
+    created_at: datetime
+    last_seen_at: datetime | None
+    jobs_submitted: int
+    jobs_accepted: int
+    in_flight: int
+
+
+class Stats(Wire):
+    workers: int
+    problems: int
+    campaigns: int
+    jobs_queued: int
+    jobs_leased: int
+    traces_pending: int
+    traces_accepted: int
+    traces_rejected: int
+
+
+class DatasetInfo(Wire):
+    campaign_id: uuid.UUID
+    name: str
+    model: str
+    accepted: int
+    rejected: int
+    pending: int
+
+
+class Routes:
+    """Paths under API_PREFIX; the worker client and the coordinator both read them from here."""
+
+    info = "/info"
+    register = "/workers/register"
+    lease = "/leases"
+    heartbeat = "/leases/heartbeat"
+    submit = "/results"
+    problem_sets = "/problem-sets"
+    campaigns = "/campaigns"
+    workers = "/workers"
+    tokens = "/tokens"
+    stats = "/stats"
+    datasets = "/datasets"
