@@ -1,0 +1,115 @@
+"""Leasing: batches, deadlines, heartbeats, expiry, in-flight limits, concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from coordinator.db import transaction, utcnow
+from coordinator.jobs import service
+from coordinator.jobs.models import Job
+from coordinator.workers import service as workers
+from shared.protocol import LeaseRequest, Scope
+from tests.coordinator.conftest import Api
+from tests.coordinator.helpers import make_campaign, progress
+
+
+def test_lease_returns_a_batch_with_a_deadline_and_a_seed_per_job(api: Api) -> None:
+    campaign = make_campaign(api, problems=3, samples=2)
+    worker = api.volunteer()
+    r = api.client.post("/v1/leases", json={"max_jobs": 4}, headers=worker)
+    assert r.status_code == 200, r.text
+    grant = r.json()
+    assert len(grant["jobs"]) == 4
+    seeds = {job["spec"]["sampling"]["seed"] for job in grant["jobs"]}
+    assert len(seeds) == 4
+    assert all(job["spec"]["campaign_id"] == campaign["id"] for job in grant["jobs"])
+    assert progress(api, campaign["id"])["progress"]["leased"] == 4
+
+
+def test_a_job_is_leased_to_one_worker_at_a_time(api: Api) -> None:
+    make_campaign(api, problems=3, samples=2)
+    a, b = api.volunteer("a"), api.volunteer("b")
+    first = api.client.post("/v1/leases", json={"max_jobs": 4}, headers=a).json()["jobs"]
+    second = api.client.post("/v1/leases", json={"max_jobs": 4}, headers=b).json()["jobs"]
+    assert len(first) == 4 and len(second) == 2
+    assert not {j["spec"]["job_id"] for j in first} & {j["spec"]["job_id"] for j in second}
+
+
+def test_expired_lease_returns_the_job_to_the_pool(api: Api) -> None:
+    make_campaign(api, problems=1, samples=1)
+    a, b = api.volunteer("a"), api.volunteer("b")
+    job = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=a).json()["jobs"][0]
+    assert api.client.post("/v1/leases", json={"max_jobs": 1}, headers=b).json()["jobs"] == []
+    with transaction(api.runtime.sessions) as session:
+        session.execute(update(Job).values(lease_deadline=utcnow() - timedelta(seconds=1)))
+    again = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=b).json()["jobs"]
+    assert [j["spec"]["job_id"] for j in again] == [job["spec"]["job_id"]]
+    assert again[0]["lease_id"] != job["lease_id"]
+    lost = api.client.post("/v1/leases/heartbeat", json={"lease_ids": [job["lease_id"]]}, headers=a).json()
+    assert lost["lost"] == [job["lease_id"]]
+
+
+def test_heartbeat_extends_only_the_callers_leases(api: Api) -> None:
+    make_campaign(api, problems=2, samples=1)
+    a, b = api.volunteer("a"), api.volunteer("b")
+    jobs = api.client.post("/v1/leases", json={"max_jobs": 2}, headers=a).json()["jobs"]
+    ids = [j["lease_id"] for j in jobs]
+    time.sleep(0.01)
+    mine = api.client.post("/v1/leases/heartbeat", json={"lease_ids": ids}, headers=a).json()
+    assert set(mine["extended"]) == set(ids) and mine["lost"] == []
+    assert all(mine["extended"][j["lease_id"]] > j["deadline"] for j in jobs)
+    theirs = api.client.post("/v1/leases/heartbeat", json={"lease_ids": ids}, headers=b).json()
+    assert theirs["extended"] == {} and set(theirs["lost"]) == set(ids)
+
+
+def test_in_flight_limit_per_worker(api: Api) -> None:
+    make_campaign(api, problems=20, samples=1)
+    worker = api.volunteer()
+    limit = api.runtime.settings.max_in_flight_per_worker
+    got = [len(api.client.post("/v1/leases", json={"max_jobs": 10}, headers=worker).json()["jobs"]) for _ in range(3)]
+    assert sum(got) == limit
+    assert got[-1] == 0
+
+
+def test_paused_campaign_hands_out_nothing(api: Api) -> None:
+    campaign = make_campaign(api, problems=2, samples=1)
+    api.client.post(f"/v1/campaigns/{campaign['id']}/pause", headers=api.operator)
+    worker = api.volunteer()
+    assert api.client.post("/v1/leases", json={"max_jobs": 2}, headers=worker).json()["jobs"] == []
+    api.client.post(f"/v1/campaigns/{campaign['id']}/resume", headers=api.operator)
+    assert len(api.client.post("/v1/leases", json={"max_jobs": 2}, headers=worker).json()["jobs"]) == 2
+
+
+def test_concurrent_leases_never_share_a_job(api: Api) -> None:
+    """Threads with their own connections lease at once (row locks on PostgreSQL)."""
+    make_campaign(api, problems=30, samples=2)
+    principals = []
+    for i in range(6):
+        with transaction(api.runtime.sessions) as session:
+            worker, _ = workers.create(session, f"w{i}", Scope.volunteer)
+            principals.append(workers.Principal(worker.id, Scope.volunteer, worker.name))
+    leased: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def grab(who: workers.Principal) -> None:
+        try:
+            for _ in range(4):
+                with transaction(api.runtime.sessions) as session:
+                    grant = service.lease(session, who, LeaseRequest(max_jobs=5), api.runtime.settings)
+                with lock:
+                    leased.extend(str(j.spec.job_id) for j in grant.jobs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=grab, args=(p,)) for p in principals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(leased) == len(set(leased)) == 60
