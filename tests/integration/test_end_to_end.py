@@ -1,0 +1,71 @@
+"""The whole loop over real HTTP with real worker daemons and the bundled tiny model."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+
+import httpx
+import pyarrow.parquet as pq
+from sqlalchemy import create_engine, text
+
+from tests.integration.conftest import Cluster
+
+
+def _trace_rows(cluster: Cluster) -> list[tuple[str, str, str]]:
+    engine = create_engine(cluster.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT CAST(job_id AS TEXT), CAST(worker_id AS TEXT), status FROM traces")).all()
+    engine.dispose()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def test_campaign_completes_and_dumps(cluster: Cluster) -> None:
+    campaign_id = cluster.campaign(problems=6, samples=2)
+    cluster.start_worker("alpha", "--exit-when-idle", "3")
+    cluster.start_worker("beta", "--exit-when-idle", "3")
+    done = cluster.wait_done(campaign_id)
+    p = done["progress"]
+    assert p["jobs"] == 12 and p["accepted"] + p["rejected"] == 12
+    assert p["accepted"] > 0 and p["completion_tokens"] > 0
+    researcher = {"Authorization": f"Bearer {cluster.operator}"}
+    url = f"{cluster.url}/v1/datasets/{campaign_id}/export?format=parquet"
+    table = pq.read_table(io.BytesIO(httpx.get(url, headers=researcher, timeout=60).content))
+    assert table.num_rows == p["accepted"]
+    assert set(table.column("passed").to_pylist()) == {True}
+    for proc in cluster.workers:
+        assert proc.wait(timeout=60) == 0
+
+
+def test_killed_worker_lease_expires_and_another_finishes(cluster: Cluster) -> None:
+    campaign_id = cluster.campaign(problems=4, samples=1)
+    doomed = cluster.start_worker("doomed", "--batch-size", "4", "--max-jobs", "4")
+    deadline = time.monotonic() + 60
+    while cluster.progress(campaign_id)["progress"]["leased"] == 0:
+        assert time.monotonic() < deadline, "the first worker never leased"
+        time.sleep(0.05)
+    doomed.send_signal(signal.SIGKILL)  # mid-job: its leases stay until their deadline
+    doomed.wait(timeout=30)
+    cluster.start_worker("rescuer", "--exit-when-idle", "8")
+    done = cluster.wait_done(campaign_id)
+    rows = _trace_rows(cluster)
+    assert len(rows) == done["progress"]["jobs"] == 4
+    assert len({job for job, _, _ in rows}) == 4  # exactly one trace per job
+
+
+def test_coordinator_restart_mid_campaign_loses_nothing(cluster: Cluster) -> None:
+    campaign_id = cluster.campaign(problems=8, samples=2)
+    cluster.start_worker("steady", "--batch-size", "2", "--max-jobs", "2", "--exit-when-idle", "10")
+    deadline = time.monotonic() + 90
+    while cluster.progress(campaign_id)["progress"]["submitted"] < 2:
+        assert time.monotonic() < deadline, "no traces before the restart"
+        time.sleep(0.1)
+    cluster.kill_coordinator()
+    acknowledged = {row[0] for row in _trace_rows(cluster)}
+    time.sleep(1.5)
+    cluster.start_coordinator()
+    done = cluster.wait_done(campaign_id)
+    after = {row[0] for row in _trace_rows(cluster)}
+    assert acknowledged <= after
+    assert len(after) == done["progress"]["jobs"] == 16
