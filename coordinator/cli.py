@@ -18,12 +18,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if args.workers > 1:
-        uvicorn.run("coordinator.app:create_app", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=args.log_level, access_log=False)
+        uvicorn.run(
+            "coordinator.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+        )
         return 0
     from coordinator.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False
+    )
     return 0
 
 
@@ -34,15 +43,19 @@ def _tasks(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if not settings.redis_url:
-        print("flywheel coordinator tasks needs REDIS_URL; without it the API runs tasks in-process.",
-              file=sys.stderr)
+        print(
+            "flywheel coordinator tasks needs REDIS_URL; without it the API runs tasks in-process.",
+            file=sys.stderr,
+        )
         return 2
     queues = args.queues or [settings.verify_queue, settings.default_queue]
     if args.processes == 1:
         run_rq_worker(settings.redis_url, queues, burst=args.burst)
         return 0
-    procs = [multiprocessing.Process(target=run_rq_worker, args=(settings.redis_url, queues, args.burst))
-             for _ in range(args.processes)]
+    procs = [
+        multiprocessing.Process(target=run_rq_worker, args=(settings.redis_url, queues, args.burst))
+        for _ in range(args.processes)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -85,8 +98,14 @@ def _problems(args: argparse.Namespace) -> int:
     from shared.protocol import ProblemSetCreate
 
     options = json.loads(args.options) if args.options else {}
-    request = ProblemSetCreate(name=args.name, source=args.source, split=args.split, limit=args.limit,
-                               seed=args.seed, options=options)
+    request = ProblemSetCreate(
+        name=args.name,
+        source=args.source,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        options=options,
+    )
 
     def work(session: Any) -> Any:
         if args.source == "jsonl":
@@ -107,10 +126,17 @@ def _campaign(args: argparse.Namespace) -> int:
         problem_set = problems.set_by_name(session, args.problem_set)
         if problem_set is None:
             raise SystemExit(f"no problem set named {args.problem_set!r}")
-        sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                  max_tokens=args.max_tokens)
-        request = CampaignCreate(name=args.name, problem_set_id=problem_set.id, model=ModelRef(name=args.model),
-                                 sampling=sampling, samples_per_problem=args.samples, seed=args.seed)
+        sampling = SamplingParams(
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens
+        )
+        request = CampaignCreate(
+            name=args.name,
+            problem_set_id=problem_set.id,
+            model=ModelRef(name=args.model),
+            sampling=sampling,
+            samples_per_problem=args.samples,
+            seed=args.seed,
+        )
         return service.to_out(session, service.create(session, request))
 
     print(_with_session(work).model_dump_json(indent=2))

@@ -76,7 +76,8 @@ def _setup(settings: Settings, problems: int, samples: int, max_tokens: int) -> 
     with transaction(make_session_factory(engine)) as session:
         _, token = workers.create(session, "demo-operator", Scope.operator)
         problem_set = problem_sets.create_set(
-            session, ProblemSetCreate(name="arithmetic-demo", source="arithmetic", split="test", limit=problems)
+            session,
+            ProblemSetCreate(name="arithmetic-demo", source="arithmetic", split="test", limit=problems),
         )
         campaign = campaigns.create(
             session,
@@ -114,23 +115,53 @@ def _start_worker(url: str, token: str, name: str, folder: Path, batch: int) -> 
     # One thread per worker: two workers share two cores without fighting over them.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
-        sys.executable, "-m", "flywheel", "worker", "run", "--coordinator", url, "--token", token,
-        "--engine", "transformers", "--model", TINY_MODEL_NAME, "--device", "cpu", "--name", name,
-        "--batch-size", str(batch), "--max-jobs", str(batch), "--spool", str(folder / f"spool-{name}"),
-        "--exit-when-idle", "3", "--progress", "none",
+        sys.executable,
+        "-m",
+        "flywheel",
+        "worker",
+        "run",
+        "--coordinator",
+        url,
+        "--token",
+        token,
+        "--engine",
+        "transformers",
+        "--model",
+        TINY_MODEL_NAME,
+        "--device",
+        "cpu",
+        "--name",
+        name,
+        "--batch-size",
+        str(batch),
+        "--max-jobs",
+        str(batch),
+        "--spool",
+        str(folder / f"spool-{name}"),
+        "--exit-when-idle",
+        "3",
+        "--progress",
+        "none",
     ]
     log = (folder / f"{name}.log").open("wb")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _watch(runtime: Any, campaign_id: Any, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> CampaignOut:
+def _watch(
+    runtime: Any, campaign_id: Any, procs: list[subprocess.Popen[bytes]], timeout_s: float
+) -> CampaignOut:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from coordinator.campaigns import service as campaigns
     from coordinator.db import transaction
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
     deadline = time.monotonic() + timeout_s
     with Progress(*columns) as bar:
         task = bar.add_task("campaign demo", total=None, status="")
@@ -138,7 +169,10 @@ def _watch(runtime: Any, campaign_id: Any, procs: list[subprocess.Popen[bytes]],
             with transaction(runtime.sessions) as session:
                 out = campaigns.to_out(session, campaigns.get(session, campaign_id))
             p = out.progress
-            status = f"accepted {p.accepted}  rejected {p.rejected}  in flight {p.leased}  tokens {p.completion_tokens}"
+            status = (
+                f"accepted {p.accepted}  rejected {p.rejected}  in flight {p.leased}  "
+                f"tokens {p.completion_tokens}"
+            )
             bar.update(task, total=p.jobs, completed=p.accepted + p.rejected, status=status)
             if out.status == "done":
                 return out
@@ -175,7 +209,9 @@ def _generate_seconds(runtime: Any, campaign_id: Any) -> float:
         return float(session.scalar(query) or 0.0)
 
 
-def run_demo(folder: Path, problems: int, samples: int, max_tokens: int, workers: int, timeout_s: float) -> DemoResult:
+def run_demo(
+    folder: Path, problems: int, samples: int, max_tokens: int, workers: int, timeout_s: float
+) -> DemoResult:
     from coordinator.app import create_app
     from coordinator.queue import InProcessQueue
     from coordinator.runtime import build_runtime
@@ -184,8 +220,13 @@ def run_demo(folder: Path, problems: int, samples: int, max_tokens: int, workers
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("flywheel.db*"):
         stale.unlink()  # every demo run starts from an empty database
-    settings = Settings(database_url=f"sqlite:///{folder / 'flywheel.db'}", data_dir=folder,
-                        lease_ttl_s=60, heartbeat_interval_s=5, requeue_pending_after_s=30)
+    settings = Settings(
+        database_url=f"sqlite:///{folder / 'flywheel.db'}",
+        data_dir=folder,
+        lease_ttl_s=60,
+        heartbeat_interval_s=5,
+        requeue_pending_after_s=30,
+    )
     _, campaign_id = _setup(settings, problems, samples, max_tokens)
     runtime = build_runtime(settings)
     procs: list[subprocess.Popen[bytes]] = []
@@ -205,7 +246,9 @@ def run_demo(folder: Path, problems: int, samples: int, max_tokens: int, workers
             proc.wait(timeout=30)
         runtime.close()
     parquet, jsonl = _export(runtime, campaign_id, folder)
-    return DemoResult(campaign, time.monotonic() - started, _generate_seconds(runtime, campaign_id), parquet, jsonl)
+    return DemoResult(
+        campaign, time.monotonic() - started, _generate_seconds(runtime, campaign_id), parquet, jsonl
+    )
 
 
 def print_summary(result: DemoResult, workers: int) -> None:
@@ -233,15 +276,20 @@ def print_summary(result: DemoResult, workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flywheel demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=Path("flywheel-demo"), help="folder for the database and dumps")
+    parser = argparse.ArgumentParser(
+        prog="flywheel demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path("flywheel-demo"), help="folder for the database and dumps"
+    )
     parser.add_argument("--problems", type=int, default=48)
     parser.add_argument("--samples", type=int, default=2, help="samples per problem")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
-    result = run_demo(args.dir.resolve(), args.problems, args.samples, args.max_tokens, args.workers, args.timeout)
+    result = run_demo(
+        args.dir.resolve(), args.problems, args.samples, args.max_tokens, args.workers, args.timeout
+    )
     print_summary(result, args.workers)
     return 0

@@ -19,6 +19,9 @@ class Metrics:
             "flywheel_http_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "flywheel_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
+            "flywheel_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )

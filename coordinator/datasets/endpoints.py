@@ -33,7 +33,7 @@ def export(
     _: ResearcherDep,
     rt: RuntimeDep,
     format: Literal["jsonl", "parquet"] = "jsonl",
-    status: list[str] = Query(default=["accepted"]),  # noqa: B008
+    status: list[str] = Query(default=["accepted"]),
     min_score: float | None = None,
     since: datetime | None = None,
 ) -> StreamingResponse:

@@ -34,8 +34,17 @@ def export_rows(
 ) -> Iterator[Row[Any]]:
     """Stream joined rows in server-side batches: memory stays flat however large the dump."""
     query = (
-        select(Trace, Job.sample_index, Job.seed, Problem.external_id, Problem.prompt, Problem.system,
-               Problem.extra, ProblemSet.name, ProblemSet.source)
+        select(
+            Trace,
+            Job.sample_index,
+            Job.seed,
+            Problem.external_id,
+            Problem.prompt,
+            Problem.system,
+            Problem.extra,
+            ProblemSet.name,
+            ProblemSet.source,
+        )
         .join(Job, Job.id == Trace.job_id)
         .join(Problem, Problem.id == Job.problem_id)
         .join(ProblemSet, ProblemSet.id == Problem.problem_set_id)

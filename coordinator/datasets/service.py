@@ -43,8 +43,12 @@ def list_datasets(session: Session) -> list[DatasetInfo]:
         if status is not None:
             entry[status] = int(n)
     return [
-        DatasetInfo(accepted=e.get("accepted", 0), rejected=e.get("rejected", 0), pending=e.get("pending", 0),
-                    **{k: e[k] for k in ("campaign_id", "name", "model")})
+        DatasetInfo(
+            accepted=e.get("accepted", 0),
+            rejected=e.get("rejected", 0),
+            pending=e.get("pending", 0),
+            **{k: e[k] for k in ("campaign_id", "name", "model")},
+        )
         for e in merged.values()
     ]
 
@@ -108,17 +112,42 @@ def arrow_schema() -> Any:
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    sampling = pa.struct([("temperature", pa.float64()), ("top_p", pa.float64()), ("top_k", pa.int64()),
-                          ("max_tokens", pa.int64()), ("seed", pa.int64())])
+    sampling = pa.struct(
+        [
+            ("temperature", pa.float64()),
+            ("top_p", pa.float64()),
+            ("top_k", pa.int64()),
+            ("max_tokens", pa.int64()),
+            ("seed", pa.int64()),
+        ]
+    )
     ts = pa.timestamp("us", tz="UTC")
-    fields = [("id", pa.string()), ("campaign_id", pa.string()), ("campaign", pa.string()),
-              ("problem_set", pa.string()), ("source", pa.string()), ("problem_id", pa.string()),
-              ("messages", pa.list_(message)), ("prompt", pa.string()), ("completion", pa.string()),
-              ("model", pa.string()), ("model_revision", pa.string()), ("sampling", sampling),
-              ("sample_index", pa.int64()), ("status", pa.string()), ("passed", pa.bool_()),
-              ("score", pa.float64()), ("verdict_reason", pa.string()), ("verdict_details", pa.string()),
-              ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-              ("engine", pa.string()), ("created_at", ts), ("verified_at", ts)]
+    fields = [
+        ("id", pa.string()),
+        ("campaign_id", pa.string()),
+        ("campaign", pa.string()),
+        ("problem_set", pa.string()),
+        ("source", pa.string()),
+        ("problem_id", pa.string()),
+        ("messages", pa.list_(message)),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("sampling", sampling),
+        ("sample_index", pa.int64()),
+        ("status", pa.string()),
+        ("passed", pa.bool_()),
+        ("score", pa.float64()),
+        ("verdict_reason", pa.string()),
+        ("verdict_details", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("engine", pa.string()),
+        ("created_at", ts),
+        ("verified_at", ts),
+    ]
     return pa.schema(fields)
 
 
@@ -146,9 +175,14 @@ def dataset_card(session: Session, campaign_id: uuid.UUID) -> str:
     progress = campaigns.progress(session, campaign_id)
     sampling = ", ".join(f"{k}={v}" for k, v in campaign.sampling.items())
     return CARD.format(
-        name=campaign.name, model=campaign.model_name, sampling=sampling,
-        samples=campaign.samples_per_problem, accepted=progress.accepted, rejected=progress.rejected,
-        created=campaign.created_at.isoformat(), size=_size_category(progress.accepted),
+        name=campaign.name,
+        model=campaign.model_name,
+        sampling=sampling,
+        samples=campaign.samples_per_problem,
+        accepted=progress.accepted,
+        rejected=progress.rejected,
+        created=campaign.created_at.isoformat(),
+        size=_size_category(progress.accepted),
     )
 
 
@@ -186,7 +220,7 @@ on the coordinator. Only traces whose verifier verdict passed are in the default
 | `messages` | chat turns: optional system, the user prompt, the assistant completion |
 | `prompt`, `completion` | the same text, flat |
 | `problem_id`, `problem_set`, `source` | which problem, from which set and source |
-| `model`, `model_revision`, `sampling` | what generated it; `sampling.seed` is the coordinator's per-job seed |
+| `model`, `model_revision`, `sampling` | what generated it; `sampling.seed`: the coordinator's job seed |
 | `sample_index` | which of the problem's samples this is |
 | `status`, `passed`, `score` | the coordinator's verdict (never the worker's claim) |
 | `verdict_reason`, `verdict_details` | the verifier's reason and aggregate details (JSON) |

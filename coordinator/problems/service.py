@@ -29,7 +29,9 @@ def verifier_spec(problem: ProblemIn) -> VerifierSpec:
         dataset = problem.metadata.get("dataset")
         if not dataset:
             raise BadRequest(f"problem {problem.id}: reasoning_gym problems need metadata.dataset")
-        return VerifierSpec(kind="reasoning_gym", gold=problem.answer, config={"dataset": dataset, "entry": entry})
+        return VerifierSpec(
+            kind="reasoning_gym", gold=problem.answer, config={"dataset": dataset, "entry": entry}
+        )
     record = problem.metadata.get("record")
     if record is not None:
         from verifier.code import spec_from_humaneval

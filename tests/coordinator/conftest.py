@@ -23,7 +23,9 @@ class Api:
     researcher: dict[str, str]
 
     def volunteer(self, name: str = "w") -> dict[str, str]:
-        response = self.client.post("/v1/workers/register", json={"name": name, "engine": {"name": "transformers"}})
+        response = self.client.post(
+            "/v1/workers/register", json={"name": name, "engine": {"name": "transformers"}}
+        )
         assert response.status_code == 201, response.text
         return {"Authorization": f"Bearer {response.json()['token']}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
 
@@ -38,7 +40,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return make_settings(database_url, lease_ttl_s=30, max_in_flight_per_worker=16, max_request_bytes=1_000_000)
+    return make_settings(
+        database_url, lease_ttl_s=30, max_in_flight_per_worker=16, max_request_bytes=1_000_000
+    )
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ def _finished_campaign(api: Api) -> str:
     campaign = make_campaign(api, problems=3, samples=2)
     worker = api.volunteer()
     jobs = api.client.post("/v1/leases", json={"max_jobs": 6}, headers=worker).json()["jobs"]
-    results = [trace_for(j, text=answer_of(api, j) if i % 2 == 0 else "\\boxed{-1}") for i, j in enumerate(jobs)]
+    results = [
+        trace_for(j, text=answer_of(api, j) if i % 2 == 0 else "\\boxed{-1}") for i, j in enumerate(jobs)
+    ]
     api.client.post("/v1/results", json={"results": results}, headers=worker)
     api.drain()
     campaign_id: str = campaign["id"]
@@ -32,13 +34,24 @@ def test_jsonl_export_streams_accepted_traces(api: Api) -> None:
     first = rows[0]
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
     assert first["messages"][1]["content"] == first["completion"]
-    assert {"problem_id", "source", "model", "sampling", "score", "verdict_details", "completion_tokens"} <= set(first)
+    assert {
+        "problem_id",
+        "source",
+        "model",
+        "sampling",
+        "score",
+        "verdict_details",
+        "completion_tokens",
+    } <= set(first)
     assert first["source"] == "arithmetic" and first["sampling"]["seed"] > 0
 
 
 def test_parquet_export_loads_with_datasets(api: Api, tmp_path: Path) -> None:
     campaign_id = _finished_campaign(api)
-    r = api.client.get(f"/v1/datasets/{campaign_id}/export?format=parquet&status=accepted&status=rejected", headers=api.researcher)
+    r = api.client.get(
+        f"/v1/datasets/{campaign_id}/export?format=parquet&status=accepted&status=rejected",
+        headers=api.researcher,
+    )
     assert r.status_code == 200
     table = pq.read_table(io.BytesIO(r.content))
     assert table.num_rows == 6
@@ -57,7 +70,9 @@ def test_export_filters_and_errors(api: Api) -> None:
     assert r.status_code == 200 and r.text == ""
     bad = api.client.get(f"/v1/datasets/{campaign_id}/export?status=weird", headers=api.researcher)
     assert bad.status_code == 400
-    missing = api.client.get("/v1/datasets/00000000-0000-0000-0000-000000000000/export", headers=api.researcher)
+    missing = api.client.get(
+        "/v1/datasets/00000000-0000-0000-0000-000000000000/export", headers=api.researcher
+    )
     assert missing.status_code == 404
 
 

@@ -29,7 +29,11 @@ def test_unauthenticated_and_bad_tokens(api: Api) -> None:
     make_campaign(api)
     before = _snapshot(api)
     _assert_error(api.client.post("/v1/leases", json={"max_jobs": 1}), 401, "unauthorized")
-    _assert_error(api.client.post("/v1/leases", json={}, headers={"Authorization": "Bearer fw_nope"}), 401, "unauthorized")
+    _assert_error(
+        api.client.post("/v1/leases", json={}, headers={"Authorization": "Bearer fw_nope"}),
+        401,
+        "unauthorized",
+    )
     _assert_error(api.client.get("/v1/stats"), 401, "unauthorized")
     assert _snapshot(api) == before
 
@@ -48,7 +52,11 @@ def test_wrong_scope_is_forbidden(api: Api, method: str, path: str, who: str) ->
     headers = api.volunteer() if who == "volunteer" else api.researcher
     before = _snapshot(api)
     body = {"name": "x", "source": "arithmetic"} if "problem" in path else {}
-    _assert_error(getattr(api.client, method)(path, headers=headers, **({"json": body} if method == "post" else {})), 403, "forbidden")
+    _assert_error(
+        getattr(api.client, method)(path, headers=headers, **({"json": body} if method == "post" else {})),
+        403,
+        "forbidden",
+    )
     assert _snapshot(api) == before
 
 
@@ -56,10 +64,24 @@ def test_malformed_requests(api: Api) -> None:
     make_campaign(api)
     worker = api.volunteer()
     before = _snapshot(api)
-    _assert_error(api.client.post("/v1/leases", content=b"{not json", headers={**worker, "Content-Type": "application/json"}), 422, "validation_error")
-    _assert_error(api.client.post("/v1/leases", json={"max_jobs": -3}, headers=worker), 422, "validation_error")
-    _assert_error(api.client.post("/v1/results", json={"results": []}, headers=worker), 422, "validation_error")
-    _assert_error(api.client.post("/v1/results", json={"results": [{"text": 1}]}, headers=worker), 422, "validation_error")
+    _assert_error(
+        api.client.post(
+            "/v1/leases", content=b"{not json", headers={**worker, "Content-Type": "application/json"}
+        ),
+        422,
+        "validation_error",
+    )
+    _assert_error(
+        api.client.post("/v1/leases", json={"max_jobs": -3}, headers=worker), 422, "validation_error"
+    )
+    _assert_error(
+        api.client.post("/v1/results", json={"results": []}, headers=worker), 422, "validation_error"
+    )
+    _assert_error(
+        api.client.post("/v1/results", json={"results": [{"text": 1}]}, headers=worker),
+        422,
+        "validation_error",
+    )
     _assert_error(api.client.get("/v1/nowhere", headers=worker), 404, "not_found")
     assert _snapshot(api) == before
 
@@ -70,7 +92,11 @@ def test_oversized_payload_is_refused_before_parsing(api: Api) -> None:
     job = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=worker).json()["jobs"][0]
     before = _snapshot(api)
     huge = trace_for(job, text="x" * (api.runtime.settings.max_request_bytes + 10))
-    response = api.client.post("/v1/results", content=json.dumps({"results": [huge]}), headers={**worker, "Content-Type": "application/json"})
+    response = api.client.post(
+        "/v1/results",
+        content=json.dumps({"results": [huge]}),
+        headers={**worker, "Content-Type": "application/json"},
+    )
     _assert_error(response, 413, "payload_too_large")
     assert _snapshot(api) == before
 
@@ -82,7 +108,9 @@ def test_protocol_mismatch_is_refused(api: Api) -> None:
 
 def test_banned_worker_is_refused_and_restored(api: Api) -> None:
     worker = api.volunteer("cheat")
-    worker_id = next(w["id"] for w in api.client.get("/v1/workers", headers=api.operator).json() if w["name"] == "cheat")
+    worker_id = next(
+        w["id"] for w in api.client.get("/v1/workers", headers=api.operator).json() if w["name"] == "cheat"
+    )
     assert api.client.post(f"/v1/workers/{worker_id}/ban", headers=api.operator).json()["banned"] is True
     _assert_error(api.client.post("/v1/leases", json={}, headers=worker), 403, "forbidden")
     api.client.post(f"/v1/workers/{worker_id}/restore", headers=api.operator)

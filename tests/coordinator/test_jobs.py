@@ -70,7 +70,10 @@ def test_in_flight_limit_per_worker(api: Api) -> None:
     make_campaign(api, problems=20, samples=1)
     worker = api.volunteer()
     limit = api.runtime.settings.max_in_flight_per_worker
-    got = [len(api.client.post("/v1/leases", json={"max_jobs": 10}, headers=worker).json()["jobs"]) for _ in range(3)]
+    got = [
+        len(api.client.post("/v1/leases", json={"max_jobs": 10}, headers=worker).json()["jobs"])
+        for _ in range(3)
+    ]
     assert sum(got) == limit
     assert got[-1] == 0
 

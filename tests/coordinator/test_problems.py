@@ -13,11 +13,15 @@ from tests.coordinator.conftest import Api
 
 
 def _import(api: Api, name: str, lines: list[str]):  # type: ignore[no-untyped-def]
-    return api.client.post(f"/v1/problem-sets/import?name={name}", content="\n".join(lines).encode(), headers=api.operator)
+    return api.client.post(
+        f"/v1/problem-sets/import?name={name}", content="\n".join(lines).encode(), headers=api.operator
+    )
 
 
 def test_jsonl_import_stores_problems_and_hides_answers(api: Api) -> None:
-    lines = [json.dumps({"id": f"p{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(5)]
+    lines = [
+        json.dumps({"id": f"p{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(5)
+    ]
     r = _import(api, "mine", lines)
     assert r.status_code == 201, r.text
     assert r.json()["size"] == 5 and r.json()["source"] == "jsonl"
@@ -27,7 +31,12 @@ def test_jsonl_import_stores_problems_and_hides_answers(api: Api) -> None:
 
 
 def test_jsonl_import_with_bad_lines_imports_nothing_and_names_the_lines(api: Api) -> None:
-    lines = [json.dumps({"id": "ok", "prompt": "fine"}), "{broken", json.dumps({"id": "x"}), json.dumps({"id": "y", "prompt": "p", "bogus": 1})]
+    lines = [
+        json.dumps({"id": "ok", "prompt": "fine"}),
+        "{broken",
+        json.dumps({"id": "x"}),
+        json.dumps({"id": "y", "prompt": "p", "bogus": 1}),
+    ]
     r = _import(api, "bad", lines)
     assert r.status_code == 422
     assert [e["line"] for e in r.json()["error"]["details"]] == [2, 3, 4]
@@ -62,12 +71,18 @@ def test_builtin_sources(api: Api, source: str, options: dict, kind: str) -> Non
 
 
 def test_gsm8k_gold_answers_are_the_final_numbers(api: Api) -> None:
-    api.client.post("/v1/problem-sets", json={"name": "g", "source": "gsm8k", "split": "train", "limit": 2}, headers=api.operator)
+    api.client.post(
+        "/v1/problem-sets",
+        json={"name": "g", "source": "gsm8k", "split": "train", "limit": 2},
+        headers=api.operator,
+    )
     with transaction(api.runtime.sessions) as session:
         golds = sorted(s["gold"] for s in session.scalars(select(Problem.verifier_spec)))
     assert golds == ["10", "72"]
 
 
 def test_unknown_split_is_a_clear_error(api: Api) -> None:
-    r = api.client.post("/v1/problem-sets", json={"name": "g", "source": "gsm8k", "split": "nope"}, headers=api.operator)
+    r = api.client.post(
+        "/v1/problem-sets", json={"name": "g", "source": "gsm8k", "split": "nope"}, headers=api.operator
+    )
     assert r.status_code == 400 and "split" in r.json()["error"]["message"]

@@ -80,7 +80,10 @@ def test_reported_generation_error_returns_the_job_at_once(api: Api) -> None:
     worker = api.volunteer()
     job = _lease(api, worker)[0]
     failed = {**trace_for(job), "finish_reason": "error"}
-    assert api.client.post("/v1/results", json={"results": [failed]}, headers=worker).json()["acks"][0]["status"] == "rejected"
+    assert (
+        api.client.post("/v1/results", json={"results": [failed]}, headers=worker).json()["acks"][0]["status"]
+        == "rejected"
+    )
     assert progress(api, campaign["id"])["progress"]["queued"] == 1
 
 
@@ -107,7 +110,9 @@ def test_verification_task_is_idempotent(api: Api) -> None:
     make_campaign(api, problems=1, samples=1)
     worker = api.volunteer()
     job = _lease(api, worker)[0]
-    api.client.post("/v1/results", json={"results": [trace_for(job, text=answer_of(api, job))]}, headers=worker)
+    api.client.post(
+        "/v1/results", json={"results": [trace_for(job, text=answer_of(api, job))]}, headers=worker
+    )
     api.drain()
     with transaction(api.runtime.sessions) as session:
         trace = session.scalars(select(Trace)).one()

@@ -54,7 +54,9 @@ class Cluster:
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
         out = (self.folder / log).open("ab")
-        return subprocess.Popen([sys.executable, "-m", "flywheel", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "flywheel", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
 
     def start_coordinator(self) -> None:
         self.server = self._spawn(["coordinator", "serve", "--port", str(self.port)], "server.log")
@@ -82,9 +84,27 @@ class Cluster:
         return token
 
     def start_worker(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        args = ["worker", "run", "--coordinator", self.url, "--token", self.register(name), "--engine",
-                "transformers", "--model", TINY_MODEL_NAME, "--device", "cpu", "--name", name,
-                "--spool", str(self.folder / f"spool-{name}"), "--progress", "plain", *extra]
+        args = [
+            "worker",
+            "run",
+            "--coordinator",
+            self.url,
+            "--token",
+            self.register(name),
+            "--engine",
+            "transformers",
+            "--model",
+            TINY_MODEL_NAME,
+            "--device",
+            "cpu",
+            "--name",
+            name,
+            "--spool",
+            str(self.folder / f"spool-{name}"),
+            "--progress",
+            "plain",
+            *extra,
+        ]
         proc = self._spawn(args, f"{name}.log")
         self.workers.append(proc)
         return proc
@@ -97,11 +117,17 @@ class Cluster:
             problem_set = problem_sets.create_set(
                 session, ProblemSetCreate(name=f"set-{name}", source="arithmetic", limit=problems, seed=7)
             )
-            campaign = campaigns.create(session, CampaignCreate(
-                name=f"campaign-{name}", problem_set_id=problem_set.id, model=ModelRef(name=TINY_MODEL_NAME),
-                sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens), samples_per_problem=samples,
-                seed=11,
-            ))
+            campaign = campaigns.create(
+                session,
+                CampaignCreate(
+                    name=f"campaign-{name}",
+                    problem_set_id=problem_set.id,
+                    model=ModelRef(name=TINY_MODEL_NAME),
+                    sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens),
+                    samples_per_problem=samples,
+                    seed=11,
+                ),
+            )
         engine.dispose()
         return campaign.id
 

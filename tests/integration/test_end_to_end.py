@@ -16,7 +16,9 @@ from tests.integration.conftest import Cluster
 def _trace_rows(cluster: Cluster) -> list[tuple[str, str, str]]:
     engine = create_engine(cluster.database_url)
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT CAST(job_id AS TEXT), CAST(worker_id AS TEXT), status FROM traces")).all()
+        rows = conn.execute(
+            text("SELECT CAST(job_id AS TEXT), CAST(worker_id AS TEXT), status FROM traces")
+        ).all()
     engine.dispose()
     return [(str(a), str(b), str(c)) for a, b, c in rows]
 

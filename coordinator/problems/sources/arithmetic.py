@@ -48,7 +48,9 @@ def make_problem(seed: int, index: int, split: str = "test", max_digits: int = 4
     return ArithmeticProblem(id=f"arith-{split}-{seed}-{index}", a=a, b=b, op=op)
 
 
-def generate(count: int, seed: int = 0, split: str = "test", max_digits: int = 4) -> Iterator[ArithmeticProblem]:
+def generate(
+    count: int, seed: int = 0, split: str = "test", max_digits: int = 4
+) -> Iterator[ArithmeticProblem]:
     if split not in SPLIT_SALT:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SALT)}")
     for index in range(count):

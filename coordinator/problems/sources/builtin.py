@@ -16,6 +16,7 @@ from shared.protocol import ProblemIn
 DATA = Path(__file__).resolve().parent.parent / "data"
 GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
+CODE_INSTRUCTION = "Complete this Python function. Reply with the whole function in a ```python block.\n\n"
 
 
 def gsm8k(split: str, limit: int | None) -> Iterator[ProblemIn]:
@@ -38,7 +39,9 @@ def gsm8k(split: str, limit: int | None) -> Iterator[ProblemIn]:
             )
 
 
-def arithmetic_problems(split: str, limit: int | None, seed: int, options: dict[str, Any]) -> Iterator[ProblemIn]:
+def arithmetic_problems(
+    split: str, limit: int | None, seed: int, options: dict[str, Any]
+) -> Iterator[ProblemIn]:
     count = limit or 256
     max_digits = int(options.get("max_digits", 4))
     try:
@@ -85,8 +88,7 @@ def humaneval_problems(limit: int | None) -> Iterator[ProblemIn]:
             record = json.loads(line)
             yield ProblemIn(
                 id=record["task_id"].replace("/", "-"),
-                prompt="Complete this Python function. Reply with the whole function in a ```python block.\n\n"
-                + record["prompt"],
+                prompt=CODE_INSTRUCTION + record["prompt"],
                 answer=None,
                 verifier="code",
                 metadata={"source": "humaneval", "record": record},
