@@ -151,6 +151,8 @@ def _export(args: argparse.Namespace) -> int:
         campaign = campaigns.by_name(session, args.campaign)
         if campaign is None:
             campaign = campaigns.get(session, uuid.UUID(args.campaign))
+        if campaign is None:
+            raise SystemExit(f"no campaign {args.campaign!r}")
         where = service.ExportFilter(statuses=tuple(args.status))
         rows = service.records(session, campaign.id, where)
         out = Path(args.out)

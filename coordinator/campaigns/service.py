@@ -99,7 +99,7 @@ def to_out(session: Session, campaign: Campaign) -> CampaignOut:
         model=ModelRef(name=campaign.model_name, revision=campaign.model_revision),
         sampling=SamplingParams.model_validate(campaign.sampling),
         samples_per_problem=campaign.samples_per_problem,
-        status="done" if done else campaign.status,  # type: ignore[arg-type]
+        status="done" if done else campaign.status,
         created_at=campaign.created_at,
         progress=report,
     )

@@ -14,14 +14,14 @@ from coordinator.problems.models import Problem, ProblemSet
 from coordinator.results.models import Trace
 
 
-def summaries(session: Session) -> Sequence[Row[Any]]:
+def summaries(session: Session) -> list[tuple[uuid.UUID, str, str, str | None, int]]:
     query = (
         select(Campaign.id, Campaign.name, Campaign.model_name, Trace.status, func.count(Trace.id))
         .join(Trace, Trace.campaign_id == Campaign.id, isouter=True)
         .group_by(Campaign.id, Campaign.name, Campaign.model_name, Trace.status)
         .order_by(Campaign.name)
     )
-    return session.execute(query).all()
+    return [(r[0], r[1], r[2], r[3], int(r[4])) for r in session.execute(query)]
 
 
 def export_rows(

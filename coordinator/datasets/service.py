@@ -54,7 +54,7 @@ def list_datasets(session: Session) -> list[DatasetInfo]:
 
 
 def _record(row: Row[Any], campaign: Campaign) -> dict[str, Any]:
-    trace, sample_index, seed, external_id, prompt, system, extra, set_name, source = row
+    trace, sample_index, seed, external_id, prompt, system, extra, set_name, source = tuple(row)
     verdict = trace.verdict or {}
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": trace.text}]
     if system:
