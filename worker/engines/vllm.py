@@ -1,0 +1,216 @@
+"""vLLM engine: offline `vllm.LLM` whose sampling is replaced by Flywheel's seeded Gumbel-max.
+
+vLLM's own samplers draw from its RNG, which a validator cannot replay. A batch-level logits
+processor (vLLM's v1 `LogitsProcessor` interface, vLLM >= 0.10.2) runs `shared.sampling.sample_step`
+on every row that carries our per-request arguments, then leaves only the chosen token finite;
+vLLM then samples greedily and so emits exactly that token. The processor records each token's
+logprob (the definition in docs/worker.md, not vLLM's raw logprobs) in this process, which is why
+the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Newer vLLM releases default
+to a second model runner with another processor interface; VLLM_USE_V2_MODEL_RUNNER=0 keeps the
+one implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.assets import resolve_model
+from shared.protocol import EngineInfo, FinishReason, JobSpec, SamplingParams
+from shared.sampling import sample_step
+from worker.engines.base import Generation, ShouldStop, package_version
+from worker.engines.prompt import prompt_token_ids, stop_token_ids
+from worker.errors import EngineError
+
+log = logging.getLogger("flywheel.worker.engine")
+EXTRA_KEY = "flywheel_sampling"
+
+# (request key) -> position -> (token id, logprob), written by the processor, read by generate().
+_RECORDS: dict[str, dict[int, tuple[int, float]]] = {}
+_RECORDS_LOCK = threading.Lock()
+
+
+@dataclass
+class _RowState:
+    key: str
+    seed: int
+    sample_index: int
+    sampling: SamplingParams
+    output: list[int]  # vLLM's live list of this request's output tokens
+
+
+def _row_state(params: Any, output: list[int]) -> _RowState | None:
+    extra = (getattr(params, "extra_args", None) or {}).get(EXTRA_KEY)
+    if extra is None:
+        return None
+    sampling = SamplingParams.model_validate(extra["sampling"])
+    return _RowState(extra["key"], sampling.seed, int(extra["sample_index"]), sampling, output)
+
+
+def apply_batch_update(rows: dict[int, _RowState], update: Any, swap: Any) -> None:
+    """Follow vLLM's persistent batch: removals, then additions, then moves (its documented order)."""
+    for index in update.removed:
+        rows.pop(index, None)
+    for index, params, _prompt, output in update.added:
+        state = _row_state(params, output)
+        if state is None:
+            rows.pop(index, None)
+        else:
+            rows[index] = state
+    for src, dst, direction in update.moved:
+        a, b = rows.pop(src, None), rows.pop(dst, None)
+        if a is not None:
+            rows[dst] = a
+        if direction == swap and b is not None:
+            rows[src] = b
+
+
+def force_tokens(logits: Any, rows: dict[int, _RowState]) -> Any:
+    """Sample our rows with sample_step and leave only the chosen token finite in each."""
+    import torch
+
+    if not rows:
+        return logits
+    order = sorted(rows)
+    states = [rows[i] for i in order]
+    index = torch.tensor(order, device=logits.device)
+    positions = [len(s.output) for s in states]
+    tokens, logprobs = sample_step(
+        torch,
+        logits[index],
+        seeds=[s.seed for s in states],
+        sample_indices=[s.sample_index for s in states],
+        positions=positions,
+        sampling=[s.sampling for s in states],
+    )
+    forced = torch.full_like(logits[index], float("-inf"))
+    forced.scatter_(1, tokens[:, None], 0.0)
+    logits[index] = forced
+    with _RECORDS_LOCK:
+        for state, pos, token, lp in zip(states, positions, tokens.tolist(), logprobs.tolist(), strict=True):
+            _RECORDS.setdefault(state.key, {})[pos] = (int(token), float(lp))
+    return logits
+
+
+def processor_class() -> type:
+    """The vLLM logits processor class (built lazily: it subclasses a vLLM type)."""
+    try:
+        from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+    except ImportError as exc:
+        raise EngineError("the vllm engine needs vLLM >= 0.10.2 (v1 logits processors)") from exc
+
+    class GumbelMaxProcessor(LogitsProcessor):
+        def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+            self.rows: dict[int, _RowState] = {}
+
+        @classmethod
+        def validate_params(cls, sampling_params: Any) -> None:
+            extra = (getattr(sampling_params, "extra_args", None) or {}).get(EXTRA_KEY)
+            if extra is not None:
+                SamplingParams.model_validate(extra["sampling"])
+
+        def is_argmax_invariant(self) -> bool:
+            return False  # it decides the token, so it must run for greedy requests too
+
+        def update_state(self, batch_update: Any) -> None:
+            if batch_update is not None:
+                apply_batch_update(self.rows, batch_update, MoveDirectionality.SWAP)
+
+        def apply(self, logits: Any) -> Any:
+            return force_tokens(logits, self.rows)
+
+    return GumbelMaxProcessor
+
+
+class VllmEngine:
+    verifiable = True
+
+    def __init__(self, llm: Any, model_name: str) -> None:
+        self.llm = llm
+        self.model_name = model_name
+        self.tokenizer = llm.get_tokenizer()
+        self.stops = stop_token_ids(self.tokenizer, None)
+        config = llm.llm_engine.model_config
+        dtype = str(getattr(config, "dtype", "")).removeprefix("torch.")
+        self.info = EngineInfo(name="vllm", version=package_version("vllm"), dtype=dtype[:32], device="cuda")
+
+    @classmethod
+    def load(cls, name: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85) -> VllmEngine:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError("the vllm engine needs `pip install openflywheel[vllm]`") from exc
+        llm = LLM(
+            model=resolve_model(name),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            logits_processors=[processor_class()],
+            seed=0,
+        )
+        return cls(llm, name)
+
+    def close(self) -> None:
+        self.llm = None
+
+    def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
+        if not jobs:
+            return []
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        keys = [uuid.uuid4().hex for _ in jobs]
+        prompts = [
+            TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, job.messages)) for job in jobs
+        ]
+        params = [
+            VllmSamplingParams(
+                temperature=0.0,  # greedy over the one token our processor left finite
+                max_tokens=job.sampling.max_tokens,
+                stop_token_ids=sorted(self.stops),
+                skip_special_tokens=True,
+                extra_args={
+                    EXTRA_KEY: {
+                        "key": key,
+                        "sample_index": job.sample_index,
+                        "sampling": job.sampling.model_dump(),
+                    }
+                },
+            )
+            for job, key in zip(jobs, keys, strict=True)
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - started
+        return [self._generation(out, key, elapsed) for out, key in zip(outputs, keys, strict=True)]
+
+    def _generation(self, output: Any, key: str, elapsed: float) -> Generation:
+        completion = output.outputs[0]
+        token_ids = [int(t) for t in completion.token_ids]
+        with _RECORDS_LOCK:
+            records = _RECORDS.pop(key, {})
+        logprobs = []
+        for position, token in enumerate(token_ids):
+            recorded = records.get(position)
+            if recorded is None or recorded[0] != token:
+                raise EngineError(
+                    f"vLLM emitted token {token} at position {position}, not the seeded sample {recorded}: "
+                    "the logits processor did not run (is VLLM_USE_V2_MODEL_RUNNER=0 honoured?)"
+                )
+            logprobs.append(recorded[1])
+        reason = FinishReason.length if completion.finish_reason == "length" else FinishReason.stop
+        return Generation(
+            text=completion.text,
+            completion_token_ids=token_ids,
+            logprobs=logprobs,
+            finish_reason=reason,
+            prompt_tokens=len(output.prompt_token_ids or []),
+            generate_s=elapsed,
+        )
