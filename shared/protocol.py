@@ -115,6 +115,20 @@ class SamplingParams(Wire):
     seed: int = Field(default=0, ge=0, lt=2**63, description="chosen by the coordinator per job")
 
 
+class BudgetForcing(Wire):
+    """Test-time compute control over the thinking span (everything before `think_end`).
+
+    Until `min_thinking_tokens` are produced, an attempt to emit `think_end` is replaced by
+    `wait_text` (at most `max_waits` times); at `max_thinking_tokens`, `think_end` is forced.
+    """
+
+    min_thinking_tokens: int = Field(default=0, ge=0, le=MAX_COMPLETION_TOKENS)
+    max_thinking_tokens: int | None = Field(default=None, ge=1, le=MAX_COMPLETION_TOKENS)
+    max_waits: int = Field(default=1, ge=0, le=64)
+    think_end: str = Field(default="</think>", min_length=1, max_length=64)
+    wait_text: str = Field(default="Wait", min_length=1, max_length=64)
+
+
 class JobSpec(Wire):
     """One generation job: one problem, one sample index, within a campaign."""
 
@@ -126,6 +140,7 @@ class JobSpec(Wire):
     sampling: SamplingParams
     sample_index: int = Field(ge=0)
     samples_per_problem: int = Field(ge=1)
+    budget: BudgetForcing | None = None
 
 
 class LeaseRequest(Wire):
@@ -147,6 +162,16 @@ class LeaseGrant(Wire):
 
 class HeartbeatRequest(Wire):
     lease_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReleaseRequest(Wire):
+    """Give leases back before their deadline (a worker shutting down)."""
+
+    lease_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReleaseResponse(Wire):
+    released: list[uuid.UUID]
 
 
 class HeartbeatResponse(Wire):
@@ -180,6 +205,9 @@ class TraceSubmission(Wire):
     timings: Timings = Field(default_factory=Timings)
     engine: EngineInfo
     hardware: HardwareInfo = Field(default_factory=HardwareInfo)
+    verifiable: bool = Field(
+        default=True, description="False when the engine could not apply the seeded sampler"
+    )
 
 
 class SubmitRequest(Wire):
@@ -271,6 +299,7 @@ class CampaignCreate(Wire):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     samples_per_problem: int = Field(default=1, ge=1, le=1024)
     seed: int = Field(default=0, ge=0, lt=2**62)
+    budget: BudgetForcing | None = None
 
 
 class CampaignProgress(Wire):
@@ -345,6 +374,7 @@ class Routes:
     register = "/workers/register"
     lease = "/leases"
     heartbeat = "/leases/heartbeat"
+    release = "/leases/release"
     submit = "/results"
     problem_sets = "/problem-sets"
     campaigns = "/campaigns"
