@@ -324,6 +324,15 @@ class CampaignOut(Wire):
     progress: CampaignProgress
 
 
+class StrategyReport(Wire):
+    """How one test-time-compute strategy did over a campaign's problems."""
+
+    strategy: Literal["pass@1", "majority", "shortest", "pass@n"]
+    problems: int
+    accuracy: float
+    tokens_per_problem: float = Field(description="completion tokens generated per problem")
+
+
 class TokenCreate(Wire):
     name: Name
     scope: Scope

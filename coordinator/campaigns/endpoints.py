@@ -4,9 +4,9 @@ import uuid
 
 from fastapi import APIRouter
 
-from coordinator.campaigns import service
+from coordinator.campaigns import service, strategies
 from coordinator.deps import OperatorDep, SessionDep
-from shared.protocol import CampaignCreate, CampaignOut, Routes
+from shared.protocol import CampaignCreate, CampaignOut, Routes, StrategyReport
 
 router = APIRouter(tags=["campaigns"])
 
@@ -34,3 +34,10 @@ def pause(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> Campai
 @router.post(Routes.campaigns + "/{campaign_id}/resume", response_model=CampaignOut)
 def resume(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> CampaignOut:
     return service.to_out(session, service.set_status(session, campaign_id, "running"))
+
+
+@router.get(Routes.campaigns + "/{campaign_id}/strategies", response_model=list[StrategyReport])
+def strategy_report(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> list[StrategyReport]:
+    """Accuracy and token cost of pass@1, majority vote, shortest-of-n and pass@n."""
+    service.get(session, campaign_id)
+    return strategies.campaign_report(session, campaign_id)

@@ -21,5 +21,6 @@ class Campaign(Base):
     sampling: Mapped[dict[str, Any]] = mapped_column(JSONType)
     samples_per_problem: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
+    budget: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -49,3 +49,14 @@ def trace_counts(session: Session, campaign_id: uuid.UUID) -> tuple[dict[str, in
 
 def count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Campaign)) or 0)
+
+
+def verified_samples(session: Session, campaign_id: uuid.UUID) -> list[tuple[uuid.UUID, str, int, str]]:
+    """(problem, completion, tokens, status) of every verified trace, in sample order."""
+    query = (
+        select(Job.problem_id, Trace.text, Trace.completion_tokens, Trace.status)
+        .join(Job, Job.id == Trace.job_id)
+        .where(Trace.campaign_id == campaign_id, Trace.status.in_(("accepted", "rejected")))
+        .order_by(Job.problem_id, Job.sample_index)
+    )
+    return [(r[0], r[1], int(r[2]), r[3]) for r in session.execute(query)]

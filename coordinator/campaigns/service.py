@@ -41,6 +41,7 @@ def create(session: Session, request: CampaignCreate) -> Campaign:
             sampling=request.sampling.model_dump(),
             samples_per_problem=request.samples_per_problem,
             seed=request.seed,
+            budget=request.budget.model_dump() if request.budget else None,
         ),
     )
     problem_ids = problems_repository.problem_ids(session, problem_set.id)
