@@ -237,9 +237,7 @@ def run_demo(
             proc.wait(timeout=30)
         runtime.close()
     parquet, jsonl = _export(runtime, campaign_id, folder)
-    return DemoResult(
-        campaign, time.monotonic() - started, _generate_seconds(runtime, campaign_id), parquet, jsonl
-    )
+    return DemoResult(campaign, time.monotonic() - started, campaign_s, parquet, jsonl)
 
 
 def print_summary(result: DemoResult, workers: int) -> None:
