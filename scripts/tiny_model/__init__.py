@@ -1,0 +1,1 @@
+"""Building blocks of scripts/build_tiny_model.py: worked solutions, tokenizer, training, evaluation."""
