@@ -1,0 +1,320 @@
+"""Code verification: run a submission's tests in one sandbox, compare results outside it.
+
+The spec format is documented in docs/verifiers.md. Expected outputs stay on this side: the
+sandbox receives the program and each test's input only, and sends back what the program
+printed (stdin/stdout style) or the typed value its function returned (function-call style).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from shared.protocol import Verdict, VerifierSpec
+from verifier import sandbox, values
+from verifier.errors import SandboxUnavailableError, SpecError
+
+MAX_SOURCE_CHARS = 64_000
+MAX_TESTS = 1_000
+DEFAULT_TIME_LIMIT_S = 2.0
+DEFAULT_MEMORY_MB = 512
+DEFAULT_OUTPUT_BYTES = 1 << 20
+# Per submission: 1,000 tests that each sleep to their limit must not hold a verifier for an hour.
+DEFAULT_BUDGET_S = 60.0
+STARTUP_ALLOWANCE_S = 10.0
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
+_THINK_END = "</think>"
+
+
+@dataclass(frozen=True)
+class Language:
+    """How a language's programs are built and run inside the sandbox."""
+
+    name: str
+    fence_tags: tuple[str, ...]
+    source_file: str = ""
+    compile: tuple[str, ...] = ()
+    run: tuple[str, ...] = ()  # empty: Python, run in the runner's forked child (fast path)
+
+    @property
+    def supports_calls(self) -> bool:
+        return not self.run
+
+
+LANGUAGES = {
+    "python": Language("python", ("python", "py", "python3")),
+    "cpp": Language(
+        "cpp",
+        ("cpp", "c++", "cc", "cxx"),
+        source_file="main.cpp",
+        compile=("/usr/bin/g++", "-O2", "-std=c++17", "-pipe", "-o", "main", "main.cpp"),
+        run=("/tmp/.work/main",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CodeConfig:
+    language: Language
+    style: str
+    tests: list[dict[str, Any]]
+    entry_point: str
+    prelude: str
+    compare: str
+    float_tol: float
+    time_limit_s: float
+    memory_mb: int
+    output_bytes: int
+    budget_s: float
+
+    @classmethod
+    def parse(cls, config: dict[str, Any]) -> CodeConfig:
+        """Validate a spec's config; raises SpecError with what is wrong."""
+        language = LANGUAGES.get(str(config.get("language", "python")))
+        if language is None:
+            raise SpecError(f"unknown language {config.get('language')!r}; known: {sorted(LANGUAGES)}")
+        style = str(config.get("style", "stdio"))
+        tests = config.get("tests")
+        if style not in ("stdio", "call") or not isinstance(tests, list) or not tests:
+            raise SpecError("code spec needs style 'stdio' or 'call' and a non-empty list of tests")
+        if len(tests) > MAX_TESTS or not all(isinstance(t, dict) for t in tests):
+            raise SpecError(f"tests must be at most {MAX_TESTS} objects")
+        if style == "call" and (not language.supports_calls or not config.get("entry_point")):
+            raise SpecError("function-call tests need language 'python' and an entry_point")
+        compare = str(config.get("compare", "lines"))
+        if compare not in ("exact", "lines", "tokens"):
+            raise SpecError(f"unknown compare mode {compare!r}")
+        if style == "call":
+            for test in tests:  # fail on a malformed spec now, not halfway through judging
+                values.decode(test.get("args", []))
+                values.decode(test.get("expected"))
+        limits = _bounded(config)
+        return cls(
+            language=language,
+            style=style,
+            tests=tests,
+            entry_point=str(config.get("entry_point", "")),
+            prelude=str(config.get("prelude", "")),
+            compare=compare,
+            float_tol=float(config.get("float_tol", values.DEFAULT_FLOAT_TOL)),
+            **limits,
+        )
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            "cpu_s": self.time_limit_s,
+            "wall_s": self.time_limit_s * 2 + 0.5,  # sleeping or blocked programs burn no CPU
+            "memory_mb": self.memory_mb,
+            "output_bytes": self.output_bytes,
+            "nproc": 16,
+            "fsize_mb": 16,
+        }
+
+
+def _bounded(config: dict[str, Any]) -> dict[str, Any]:
+    """The spec's limits, checked against sane ranges (a typo must not disable a limit)."""
+    limits = {
+        "time_limit_s": float(config.get("time_limit_s", DEFAULT_TIME_LIMIT_S)),
+        "memory_mb": int(config.get("memory_mb", DEFAULT_MEMORY_MB)),
+        "output_bytes": int(config.get("output_limit_bytes", DEFAULT_OUTPUT_BYTES)),
+        "budget_s": float(config.get("budget_s", DEFAULT_BUDGET_S)),
+    }
+    ranges = {"time_limit_s": (0.05, 60), "memory_mb": (64, 8192), "output_bytes": (1, 64 << 20)}
+    ranges["budget_s"] = (1, 3600)
+    for name, (low, high) in ranges.items():
+        if not low <= limits[name] <= high:
+            raise SpecError(f"{name} must be between {low} and {high}")
+    return limits
+
+
+# ---------------------------------------------------------------------------- extraction
+
+
+def extract_code(completion: str, language: Language) -> str | None:
+    """The last fenced block tagged for `language` (else the last untagged one), after any </think>."""
+    text = completion.rsplit(_THINK_END, 1)[-1]
+    tagged: str | None = None
+    untagged: str | None = None
+    for match in _FENCE.finditer(text):
+        tag = match.group(1).lower()
+        if tag in language.fence_tags:
+            tagged = match.group(2)
+        elif not tag:
+            untagged = match.group(2)
+    return tagged if tagged is not None else untagged
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def same_output(expected: str, actual: str, mode: str, float_tol: float) -> bool:
+    if mode == "exact":
+        return expected == actual
+    if mode == "tokens":
+        want, got = expected.split(), actual.split()
+        pairs = zip(want, got, strict=False)
+        return len(want) == len(got) and all(_same_token(w, g, float_tol) for w, g in pairs)
+    return _lines(expected) == _lines(actual)
+
+
+def _lines(text: str) -> list[str]:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _same_token(want: str, got: str, tol: float) -> bool:
+    if want == got:
+        return True
+    if not any(c in want for c in ".eE"):
+        return False
+    try:
+        w, g = float(want), float(got)
+    except ValueError:
+        return False
+    return math.isfinite(w) and math.isfinite(g) and math.isclose(w, g, rel_tol=tol, abs_tol=tol)
+
+
+def judge(cfg: CodeConfig, test: dict[str, Any], frame: dict[str, Any] | None) -> str:
+    """One test's outcome: 'passed' or the aggregate category of its failure."""
+    if frame is None:
+        return "not_run"
+    if frame.get("status") != "ok":
+        return str(frame.get("status"))
+    if cfg.style == "stdio":
+        if frame.get("signal") is not None or frame.get("exit") != 0:
+            return "runtime_error"
+        expected = str(test.get("stdout", ""))
+        ok = same_output(expected, str(frame.get("stdout", "")), cfg.compare, cfg.float_tol)
+        return "passed" if ok else "wrong_answer"
+    try:
+        actual = values.loads(str(frame.get("value", "")))
+    except values.ValueFormatError:
+        return "no_result"
+    expected = values.decode(test.get("expected"))
+    return "passed" if values.same(expected, actual, cfg.float_tol) else "wrong_answer"
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+def verify_code(spec: VerifierSpec, answer: str) -> Verdict:
+    try:
+        cfg = CodeConfig.parse(spec.config)
+    except (SpecError, TypeError, ValueError) as exc:  # ValueFormatError is a ValueError
+        return _zero(f"bad code spec: {exc}")
+    code = extract_code(answer, cfg.language)
+    if code is None:
+        return _zero(f"no ```{cfg.language.name} code block in the answer")
+    source = (cfg.prelude + "\n" + code) if cfg.prelude else code
+    if len(source) > MAX_SOURCE_CHARS:
+        return _zero(f"source longer than {MAX_SOURCE_CHARS} characters")
+    frames, compile_frame = _run(cfg, source)
+    if compile_frame is not None and (compile_frame.get("status") != "ok" or compile_frame.get("exit") != 0):
+        return _zero("compilation failed", {"tests": len(cfg.tests), "passed": 0})
+    outcomes = [judge(cfg, test, frames.get(i)) for i, test in enumerate(cfg.tests)]
+    counts = Counter(outcomes)
+    passed = counts.pop("passed", 0)
+    score = passed / len(cfg.tests)
+    details = {"tests": len(cfg.tests), "passed": passed, "failures": dict(sorted(counts.items()))}
+    reason = "" if passed == len(cfg.tests) else f"{passed} of {len(cfg.tests)} tests passed"
+    return Verdict(score=score, passed=passed == len(cfg.tests), reason=reason, details=details)
+
+
+def _run(cfg: CodeConfig, source: str) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """Run every test in one sandbox; frames by test index, and the compile frame if any."""
+    job = build_job(cfg, source)
+    # The runner stops starting tests after budget_s; the last one may run to its wall limit.
+    budget = STARTUP_ALLOWANCE_S + cfg.budget_s + cfg.time_limit_s * 2 + 0.5
+    if cfg.language.compile:
+        budget += 30.0
+    frames, stderr = sandbox.run_once(job, budget)
+    if not any(f.get("started") for f in frames):
+        # The runner never got going: a broken sandbox, not a bad program. Score nothing.
+        raise SandboxUnavailableError(f"the sandbox runner did not start: {stderr.strip()[-400:]}")
+    by_index = {int(f["i"]): f for f in frames if isinstance(f.get("i"), int)}
+    compile_frame = next((f["compile"] for f in frames if isinstance(f.get("compile"), dict)), None)
+    return by_index, compile_frame
+
+
+def build_job(cfg: CodeConfig, source: str) -> dict[str, Any]:
+    """The runner's job: the program and each test's *input* only, never its expected output."""
+    inputs: list[dict[str, Any]] = []
+    for test in cfg.tests:
+        if cfg.style == "stdio":
+            inputs.append({"stdin": str(test.get("stdin", ""))})
+        else:
+            inputs.append({"args": test.get("args", []), "kwargs": test.get("kwargs", {"$dict": []})})
+    job: dict[str, Any] = {"mode": "tests", "style": cfg.style, "tests": inputs, "limits": cfg.limits()}
+    job.update(entry_point=cfg.entry_point, budget_s=cfg.budget_s)
+    if cfg.language.run:
+        job.update(files={cfg.language.source_file: source}, run=list(cfg.language.run))
+        job.update(compile=list(cfg.language.compile), compile_limits=_compile_limits())
+    else:
+        job["source"] = source
+    return job
+
+
+def _compile_limits() -> dict[str, Any]:
+    # Compilers need more memory and a few processes (driver, compiler proper, assembler, linker).
+    return {"cpu_s": 20.0, "wall_s": 30.0, "memory_mb": 2048, "output_bytes": 1 << 16, "nproc": 16}
+
+
+def _zero(reason: str, details: dict[str, Any] | None = None) -> Verdict:
+    return Verdict(score=0.0, passed=False, reason=reason, details=details or {})
+
+
+# ---------------------------------------------------------------------------- HumanEval
+
+
+def spec_from_humaneval(record: dict[str, Any]) -> VerifierSpec:
+    """A function-call spec from a HumanEval record (`task_id`, `prompt`, `canonical_solution`,
+    `test`, `entry_point`).
+
+    The record's `check(candidate)` is run once, in the sandbox, against the canonical solution
+    with every call to `candidate` recorded: each call's arguments and the reference's return
+    value become one test. A submission later passes a test when its function returns the same
+    typed value for the same arguments, compared outside the sandbox.
+    """
+    try:
+        entry = str(record["entry_point"])
+        source = f"{record['prompt']}{record['canonical_solution']}\n{record['test']}\n"
+    except (KeyError, TypeError) as exc:
+        raise SpecError(f"not a HumanEval record: {exc}") from exc
+    limits = {"cpu_s": 30.0, "wall_s": 60.0, "memory_mb": 1024, "output_bytes": 16 << 20, "nproc": 16}
+    job: dict[str, Any] = {"mode": "tests", "style": "record", "source": source, "entry_point": entry}
+    job.update(tests=[{}], limits=limits)
+    frames, stderr = sandbox.run_once(job, 90.0)
+    frame = next((f for f in frames if f.get("i") == 0), None)
+    if frame is None or frame.get("status") != "ok" or frame.get("exit") != 0:
+        task = record.get("task_id")
+        raise SpecError(f"{task}: the reference solution did not pass its own tests {stderr[-300:]}")
+    tests = [_humaneval_test(call) for call in _recorded_calls(frame)]
+    if not tests:
+        raise SpecError(f"{record.get('task_id')}: the tests never call {entry}")
+    config = {"language": "python", "style": "call", "entry_point": entry, "prelude": record["prompt"]}
+    config.update(tests=tests, task_id=record.get("task_id"))
+    return VerifierSpec(kind="code", gold=None, config=config)
+
+
+def _recorded_calls(frame: dict[str, Any]) -> list[Any]:
+    try:
+        calls = json.loads(str(frame.get("value", "")))
+    except ValueError as exc:
+        raise SpecError("the reference run returned no readable calls") from exc
+    if not isinstance(calls, list):
+        raise SpecError("the reference run returned no readable calls")
+    return calls
+
+
+def _humaneval_test(call: Any) -> dict[str, Any]:
+    args, kwargs, result = call
+    test: dict[str, Any] = {"args": args, "expected": result}
+    if kwargs != {"$dict": []}:
+        test["kwargs"] = kwargs
+    return test

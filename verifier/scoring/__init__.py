@@ -1,0 +1,1 @@
+"""Handlers that run inside sandboxed scoring services (see verifier/pool.py)."""
