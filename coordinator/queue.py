@@ -103,5 +103,9 @@ def run_rq_worker(redis_url: str, queues: list[str], burst: bool = False) -> Non
     import rq
 
     connection = redis.Redis.from_url(redis_url)
-    worker = rq.Worker([rq.Queue(name, connection=connection) for name in queues], connection=connection)
+    # SimpleWorker runs jobs in this process instead of forking one per job, so the verifier's
+    # warm scoring services and loaded models survive from one task to the next.
+    worker = rq.SimpleWorker(
+        [rq.Queue(name, connection=connection) for name in queues], connection=connection
+    )
     worker.work(burst=burst, with_scheduler=False)
