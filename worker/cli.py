@@ -1,27 +1,44 @@
-"""`flywheel worker run|register`: the volunteer daemon's command line."""
+"""`flywheel worker run|register|pause|resume|status`: the volunteer daemon's command line."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.config import ENV_PREFIX, WorkerConfig, load_config
-from worker.errors import ConfigError, WorkerError
+from worker.config import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    WorkerConfig,
+    control_state_dir,
+    default_config_file,
+    load_config,
+)
+from worker.errors import AuthError, ConfigError, EngineError, WorkerError
 
 log = logging.getLogger("flywheel.worker")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+STALE_S = 10.0  # a daemon.json older than this belongs to a daemon that is gone
+
+
+def _batch_size(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help=f"TOML config file (default {default_config_file()} if present)"
+    )
     parser.add_argument("--coordinator", help="coordinator base URL, e.g. https://flywheel.example.org")
     parser.add_argument("--name", help="worker name shown on the leaderboard (default: host name)")
     parser.add_argument("--engine", choices=["transformers", "vllm", "openai"], help="default: transformers")
@@ -34,9 +51,24 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     add("--token", help="worker token from `flywheel worker register` (or FLYWHEEL_WORKER_TOKEN)")
     add("--device", choices=["cpu", "cuda", "auto"], help="default: auto (cuda when available)")
     add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default: auto")
-    add("--batch-size", type=int, help="jobs generated together (default 8)")
-    add("--max-jobs", type=int, help="jobs leased per request (default 16)")
-    add("--spool", type=Path, help="directory for unacknowledged results")
+    add("--gpus", help="GPU indices to use, e.g. 0 or 0,1 (default: all visible)")
+    add(
+        "--gpu-memory-fraction", type=float, metavar="F", help="cap on this worker's share of GPU memory, 0-1"
+    )
+    add(
+        "--batch-size",
+        type=_batch_size,
+        help="jobs generated together, or auto: from free GPU memory (default)",
+    )
+    add("--max-leases", type=int, help="most leases held at once (default: two batches)")
+    add("--max-jobs", type=int, help="most jobs per lease request (default: --max-leases)")
+    add(
+        "--schedule",
+        help='allowed hours, local time, e.g. "22:00-07:00" or "mon-fri 18:00-08:00, sat-sun 00:00-24:00"',
+    )
+    add("--max-jobs-per-day", type=int, metavar="N", help="stop leasing after N jobs a day (local days)")
+    add("--spool", type=Path, help="directory for unacknowledged results (default: <state dir>/spool)")
+    add("--state-dir", type=Path, help="directory for state, status and spool (default: per --name)")
     add("--openai-base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     add("--openai-model", help="model name the OpenAI-compatible server serves (default: --model)")
     add("--once", action="store_true", default=None, help="process one lease, then exit")
@@ -45,19 +77,37 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     add("--poll-interval", dest="poll_interval_s", type=float, metavar="SECONDS", help="idle poll period")
 
 
+def _control_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="the config file the daemon runs with")
+    parser.add_argument("--name", help="the daemon's --name (default: host name)")
+    parser.add_argument("--state-dir", type=Path, help="the daemon's --state-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flywheel worker",
         description="Volunteer worker: leases generation jobs, runs them on your GPU/CPU, submits traces.",
-        epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION>, "
-        f"e.g. {ENV_PREFIX}TOKEN, {ENV_PREFIX}BATCH_SIZE. Flags win over the environment.",
+        epilog=f"Every run option can also be set as an environment variable {ENV_PREFIX}<OPTION> "
+        f"(e.g. {ENV_PREFIX}TOKEN, {ENV_PREFIX}BATCH_SIZE) or in the TOML file named by --config or "
+        f"{CONFIG_ENV}. Flags win over the environment, which wins over the file.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,register}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,register,pause,resume,status}"
+    )
     run = commands.add_parser("run", help="run the worker daemon")
     _common(run)
     _run_flags(run)
     register = commands.add_parser("register", help="register this worker and print its token")
     _common(register)
+    for name, text in (
+        ("pause", "pause the running daemon (it gives its leases back; survives restarts)"),
+        ("resume", "resume a paused daemon"),
+        ("status", "show what the daemon is doing"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        _control_flags(sub)
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print the raw status as JSON")
     return parser
 
 
@@ -76,52 +126,82 @@ def configure_logging(level: str, console: Any = None) -> None:
     root.propagate = False
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish cleanly. Second: leave at once (the spool is always consistent)."""
+def install_signal_handlers(stop: threading.Event, controls: Any) -> None:
+    """SIGINT/SIGTERM: finish cleanly (a second one: leave at once; the spool is always
+    consistent). SIGUSR1: pause. SIGUSR2: resume."""
 
-    def handle(signum: int, frame: FrameType | None) -> None:
+    def handle_stop(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             os._exit(128 + signum)
-        log.warning("%s received: abandoning the batch, flushing the spool (again to quit now)",
-                    signal.Signals(signum).name)  # fmt: skip
+        log.warning("%s received: abandoning the batch, giving leases back, flushing the spool "
+                    "(again to quit now)", signal.Signals(signum).name)  # fmt: skip
         stop.set()
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle_stop)
+    signal.signal(signal.SIGTERM, handle_stop)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda signum, frame: controls.request_pause(True))
+        signal.signal(signal.SIGUSR2, lambda signum, frame: controls.request_pause(False))
 
 
 def run(config: WorkerConfig) -> int:
-    from shared.protocol import PROTOCOL_VERSION
     from worker.client import CoordinatorClient
-    from worker.engines import load_engine
-    from worker.hardware import detect_hardware
-    from worker.loop import Worker
+    from worker.controls import Controls
     from worker.progress import RichProgress, make_progress
     from worker.spool import Spool
+    from worker.state import StateStore
 
     if config.token is None:
         hint = "get one with `flywheel worker register`"
         raise ConfigError(f"no token: pass --token or set {ENV_PREFIX}TOKEN ({hint})")
     stop = threading.Event()
-    install_signal_handlers(stop)
+    controls = Controls(StateStore(config.state_path), config.parsed_schedule, config.max_jobs_per_day)
+    install_signal_handlers(stop, controls)
     progress = make_progress(config.progress)
     configure_logging(config.log_level, progress.console if isinstance(progress, RichProgress) else None)
     token = config.token.get_secret_value()
     with CoordinatorClient(
         config.coordinator, token, retry=config.retry, timeout_s=config.request_timeout_s, stop=stop
     ) as client:
-        info = client.check_protocol()
-        log.info(
-            "coordinator %s: server %s, protocol v%d", config.coordinator, info.version, PROTOCOL_VERSION
-        )
+        _check_coordinator(config, client)
         spool = Spool(config.spool_dir, lock=True)
         try:
-            engine = load_engine(config)
-            hardware = detect_hardware(use_torch=engine.info.device.startswith("cuda"))
-            worker = Worker(config, client, engine, spool, progress, hardware, stop)
-            return worker.run()
+            return _serve(config, client, spool, progress, controls, stop)
         finally:
             spool.close()
+
+
+def _check_coordinator(config: WorkerConfig, client: Any) -> None:
+    """Protocol version, then the token: both before the (slow) model load."""
+    from shared.protocol import PROTOCOL_VERSION
+
+    info = client.check_protocol()
+    try:
+        client.check_token()
+    except AuthError as exc:
+        raise AuthError(
+            f"the coordinator at {config.coordinator} refused the token ({exc.message}); "
+            f"check --token / {ENV_PREFIX}TOKEN, or get a new one with `flywheel worker register`",
+            status=exc.status,
+        ) from exc
+    log.info("coordinator %s: server %s, protocol v%d", config.coordinator, info.version, PROTOCOL_VERSION)
+
+
+def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, controls: Any, stop: Any) -> int:
+    from worker.engines import load_engine
+    from worker.hardware import detect_hardware
+    from worker.loop import Worker
+
+    try:
+        engine = load_engine(config)
+    except EngineError as exc:
+        raise EngineError(f"cannot start: {exc.message}") from exc
+    try:
+        hardware = detect_hardware(use_torch=engine.info.device.startswith("cuda"))
+        worker = Worker(config, client, engine, spool, progress, hardware, stop, controls)
+        return worker.run()
+    finally:
+        engine.close()
 
 
 def register(config: WorkerConfig) -> int:
@@ -145,10 +225,72 @@ def register(config: WorkerConfig) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- pause / resume / status
+
+
+def running_daemon(state_dir: Path) -> dict[str, Any] | None:
+    """The status of the daemon using `state_dir`, if one is running now."""
+    from worker.state import pid_alive, read_status
+
+    status = read_status(state_dir)
+    if status is None or status.get("status") == "stopped":
+        return None
+    fresh = time.time() - float(status.get("updated", 0)) < STALE_S
+    return status if fresh and pid_alive(int(status.get("pid", 0))) else None
+
+
+def set_paused(state_dir: Path, paused: bool) -> int:
+    from worker.state import StateStore
+
+    with StateStore(state_dir).update() as state:
+        state.paused = paused
+    daemon = running_daemon(state_dir)
+    word = "paused" if paused else "resumed"
+    if daemon is None:
+        print(f"{word}; no worker is running with {state_dir}: it will start {word}")
+        return 0
+    # The state file alone would be noticed within a second; the signal makes it immediate.
+    os.kill(int(daemon["pid"]), signal.SIGUSR1 if paused else signal.SIGUSR2)
+    print(f"{word} worker {daemon.get('name')!r} (pid {daemon['pid']})")
+    return 0
+
+
+def show_status(state_dir: Path, as_json: bool) -> int:
+    from worker.progress import render_status
+    from worker.state import StateStore, read_status
+
+    status = read_status(state_dir)
+    daemon = running_daemon(state_dir)
+    paused = StateStore(state_dir).read().paused
+    if as_json:
+        print(json.dumps({"running": daemon is not None, "paused": paused, "status": status}, indent=2))
+        return 0 if daemon is not None else 3
+    if status is None:
+        print(f"no worker has run with state directory {state_dir}")
+        return 3
+    from rich.console import Console
+
+    title = f"flywheel worker {status.get('name', '')!r}"
+    title += f" (pid {status['pid']})" if daemon is not None else " - not running; last known state"
+    if paused:
+        title += " - PAUSED"
+    Console().print(render_status(status, title=title))
+    return 0 if daemon is not None else 3
+
+
+def control(command: str, args: Mapping[str, Any]) -> int:
+    state_dir = control_state_dir(args)
+    if command == "status":
+        return show_status(state_dir, bool(args.get("json")))
+    return set_paused(state_dir, paused=command == "pause")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
     command = args.pop("command")
     try:
+        if command in {"pause", "resume", "status"}:
+            return control(command, args)
         config = load_config(args)
         return run(config) if command == "run" else register(config)
     except ConfigError as exc:

@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from typing import TypeVar
 
 import httpx
@@ -24,6 +25,8 @@ from shared.protocol import (
     LeaseRequest,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
     Routes,
     ServerInfo,
     SubmitRequest,
@@ -134,6 +137,23 @@ class CoordinatorClient:
 
     def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         return self._call("POST", Routes.heartbeat, request, HeartbeatResponse)
+
+    def check_token(self) -> None:
+        """Refuse to go on (AuthError) when the coordinator does not accept the token.
+
+        A heartbeat for a lease id nobody holds is authenticated like any worker call and changes
+        nothing on the coordinator (the id comes back as lost), so it costs no job.
+        """
+        self.heartbeat(HeartbeatRequest(lease_ids=[uuid.UUID(int=0)]))
+
+    def release(self, request: ReleaseRequest) -> ReleaseResponse | None:
+        """Give leases back; None from a coordinator that predates the route (they will expire)."""
+        try:
+            return self._call("POST", Routes.release, request, ReleaseResponse)
+        except RejectedError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
 
     def submit(self, request: SubmitRequest) -> SubmitResponse:
         # Safe to retry: the coordinator dedups on (lease id, attempt id).

@@ -1,12 +1,14 @@
-"""Worker configuration: one frozen value object built from flags over `FLYWHEEL_WORKER_*` env vars."""
+"""Worker configuration: one frozen value object from flags over `FLYWHEEL_WORKER_*` environment
+variables over a TOML config file over defaults."""
 
 from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,8 +23,10 @@ from pydantic import (
 from shared.assets import TINY_MODEL_NAME
 from shared.protocol import MAX_BATCH, MAX_NAME
 from worker.errors import ConfigError
+from worker.schedule import Schedule
 
 ENV_PREFIX = "FLYWHEEL_WORKER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
 EngineName = Literal["transformers", "vllm", "openai"]
 
 
@@ -30,11 +34,20 @@ def default_name() -> str:
     return (socket.gethostname() or "worker")[:MAX_NAME]
 
 
-def default_spool(name: str) -> Path:
-    """Per-name spool, so two daemons on one host never share (and lock each other out of) one."""
+def default_state_dir(name: str) -> Path:
+    """Per-name state, so two daemons on one host never share (and lock each other out of) one."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return base / "flywheel" / "worker" / safe / "spool"
+    return base / "flywheel" / "worker" / safe
+
+
+def default_spool(name: str) -> Path:
+    return default_state_dir(name) / "spool"
+
+
+def default_config_file() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "flywheel" / "worker.toml"
 
 
 class RetryPolicy(BaseModel):
@@ -64,9 +77,15 @@ class WorkerConfig(BaseModel):
     model: str = Field(default=TINY_MODEL_NAME, min_length=1, max_length=MAX_NAME)
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
-    max_jobs: int = Field(default=16, ge=1, le=MAX_BATCH)
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | Literal["auto"] = "auto"
+    max_leases: int | None = Field(default=None, ge=1, le=100_000)
+    max_jobs: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     spool: Path | None = None
+    state_dir: Path | None = None
+    gpus: str | None = Field(default=None, max_length=256)
+    gpu_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    schedule: str = Field(default="", max_length=1024)
+    max_jobs_per_day: int | None = Field(default=None, ge=1, le=100_000_000)
     once: bool = False
     exit_when_idle: float | None = Field(default=None, ge=0, le=86_400)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"
@@ -88,15 +107,47 @@ class WorkerConfig(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        Schedule.parse(value)  # raises ValueError with the bad entry
+        return value.strip()
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = [p.strip() for p in value.split(",")]
+        if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+            raise ValueError("must be GPU indices separated by commas, e.g. 0 or 0,2")
+        return ",".join(parts)
+
     @model_validator(mode="after")
     def _engine_needs(self) -> WorkerConfig:
         if self.engine == "openai" and not self.openai_base_url:
             raise ValueError("--engine openai needs --openai-base-url")
+        if self.engine == "vllm" and len(self.gpu_indices) > 1:
+            raise ValueError("the vllm engine runs on one GPU; start one worker (own --name) per GPU")
+        if self.device == "cpu" and (self.gpus or self.gpu_memory_fraction):
+            raise ValueError("--gpus and --gpu-memory-fraction need a GPU device, not --device cpu")
         return self
 
     @property
+    def gpu_indices(self) -> list[int]:
+        return [int(p) for p in self.gpus.split(",")] if self.gpus else []
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir is not None else default_state_dir(self.name)
+
+    @property
     def spool_dir(self) -> Path:
-        return self.spool if self.spool is not None else default_spool(self.name)
+        return self.spool if self.spool is not None else self.state_path / "spool"
+
+    @property
+    def parsed_schedule(self) -> Schedule:
+        return Schedule.parse(self.schedule)
 
 
 def env_values(environ: Mapping[str, str], fields: Mapping[str, Any]) -> dict[str, str]:
@@ -109,13 +160,55 @@ def env_values(environ: Mapping[str, str], fields: Mapping[str, Any]) -> dict[st
     return found
 
 
+def file_values(path: Path) -> dict[str, Any]:
+    """The settings of a TOML config file; keys are option names (dashes or underscores)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def config_file(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """--config, else $FLYWHEEL_WORKER_CONFIG, else the default file when it exists."""
+    if flag is not None:
+        return flag
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    default = default_config_file()
+    return default if default.is_file() else None
+
+
 def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> WorkerConfig:
-    """Merge flags (None = not given) over the environment; raise ConfigError with every problem."""
-    values: dict[str, Any] = env_values(os.environ if environ is None else environ, WorkerConfig.model_fields)
-    values.pop("retry", None)
+    """Merge flags (None = not given) over the environment over the config file; raise ConfigError
+    with every problem."""
+    env = os.environ if environ is None else environ
+    flags = dict(flags)
+    path = config_file(flags.pop("config", None), env)
+    values: dict[str, Any] = file_values(path) if path is not None else {}
+    from_env = env_values(env, WorkerConfig.model_fields)
+    from_env.pop("retry", None)
+    values.update(from_env)
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return WorkerConfig.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid worker configuration: {problems}") from exc
+        where = f" (config file {path})" if path is not None else ""
+        raise ConfigError(f"invalid worker configuration{where}: {problems}") from exc
+
+
+def control_state_dir(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory a running daemon uses, for `pause|resume|status`: found the way the
+    daemon finds it (--state-dir, else per --name), from flags, environment and config file,
+    without needing the rest of a valid run configuration."""
+    env = os.environ if environ is None else environ
+    path = config_file(flags.get("config"), env)
+    values: dict[str, Any] = file_values(path) if path is not None else {}
+    values.update(env_values(env, {"state_dir": None, "name": None}))
+    values.update({k: v for k in ("state_dir", "name") if (v := flags.get(k)) is not None})
+    if values.get("state_dir"):
+        return Path(values["state_dir"])
+    return default_state_dir(str(values.get("name") or default_name()))

@@ -1,311 +1,254 @@
-"""The daemon: lease -> generate -> spool -> submit, with heartbeats and a clean shutdown.
+"""The daemon: prefetch leases -> generate in batches -> spool and submit, each on its own thread.
 
-Invariants kept here: a result is on disk before it is sent, and leaves the disk only on an ack;
-every leased job still being worked on, or spooled and unacknowledged, is heartbeated so its
-lease stays ours; a shutdown request abandons the batch at the next decode step.
+The engine runs on the calling thread and never waits for the network or the disk: a
+`Prefetcher` keeps the next batch's jobs leased (within `--max-leases`), a `Submitter` writes
+each finished batch to the spool and sends it while the next one generates, a `Heartbeat` keeps
+every held lease alive, and a `Reporter` publishes the status once a second.
+
+Invariants kept: a result is on disk before it is sent and leaves it only on an ack; leases
+never exceed the cap; a pause, the end of the allowed hours or a shutdown stops the engine at the
+next decode step and gives the unfinished leases back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from shared.protocol import (
-    MAX_BATCH,
-    MAX_TEXT_CHARS,
-    AckStatus,
-    HardwareInfo,
-    HeartbeatRequest,
-    LeasedJob,
-    LeaseGrant,
-    LeaseRequest,
-    SubmitRequest,
-    Timings,
-    TraceSubmission,
-)
+from shared.protocol import MAX_BATCH, HardwareInfo
 from worker.client import CoordinatorClient
 from worker.config import WorkerConfig
-from worker.engines.base import Engine, Generation
-from worker.errors import RejectedError, TransientError, WorkerError
+from worker.controls import Controls
+from worker.engines.base import Engine
+from worker.errors import WorkerError
+from worker.leases import Heartbeat, JobQueue, LeaseBook, Queued, give_back
+from worker.prefetch import LeasePolicy, Prefetcher
 from worker.progress import Progress, Stats
 from worker.spool import Spool
+from worker.state import StateStore, write_status
+from worker.submitter import Finished, Submitter
 
 log = logging.getLogger("flywheel.worker")
-MIN_HEARTBEAT_S = 0.2
+WAIT_S = 0.25  # how often an idle or blocked main loop looks again
+REPORT_S = 1.0
 
 
-def chunks(items: Sequence[LeasedJob], size: int) -> Iterable[list[LeasedJob]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+@dataclass(frozen=True)
+class Sizes:
+    batch: int | None  # fixed batch size, or None: sized per batch from free memory
+    ceiling: int  # the most jobs in one batch
+    max_leases: int
+    max_jobs: int  # per lease request
 
 
-class Heartbeat:
-    """Background thread extending every tracked lease; remembers the leases reported lost."""
+def plan_sizes(config: WorkerConfig, engine: Engine) -> Sizes:
+    """Batch and lease limits; by default a second full batch may be leased while one generates."""
+    fixed = config.batch_size if isinstance(config.batch_size, int) else None
+    if fixed is not None:
+        ceiling = fixed
+    elif config.max_leases is not None:
+        ceiling = max(1, min(MAX_BATCH, config.max_leases // 2))
+    else:
+        ceiling = engine.default_batch
+    max_leases = config.max_leases or max(2 * ceiling, config.max_jobs or 0)
+    max_jobs = min(config.max_jobs or MAX_BATCH, max_leases, MAX_BATCH)
+    return Sizes(fixed, ceiling, max_leases, max_jobs)
 
-    def __init__(self, client: CoordinatorClient, interval_s: float) -> None:
-        self.client = client
-        self.interval_s = interval_s
-        self.lost: set[uuid.UUID] = set()
-        self._tracked: set[uuid.UUID] = set()
-        self._lock = threading.Lock()
+
+class Reporter:
+    """Once a second: refresh the derived counters, redraw the progress view, write daemon.json."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="flywheel-status", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(timeout=5)
-
-    def track(self, lease_ids: Iterable[uuid.UUID]) -> None:
-        with self._lock:
-            self._tracked.update(lease_ids)
-
-    def untrack(self, lease_ids: Iterable[uuid.UUID]) -> None:
-        with self._lock:
-            self._tracked.difference_update(lease_ids)
-
-    def is_lost(self, lease_id: uuid.UUID) -> bool:
-        with self._lock:
-            return lease_id in self.lost
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.report()
 
     def _run(self) -> None:
-        while not self._closed.wait(max(MIN_HEARTBEAT_S, self.interval_s)):
-            with self._lock:
-                ids = sorted(self._tracked)
-            for start in range(0, len(ids), MAX_BATCH):
-                self._beat(ids[start : start + MAX_BATCH])
+        while not self._closed.wait(REPORT_S):
+            self.report()
 
-    def _beat(self, ids: list[uuid.UUID]) -> None:
+    def report(self) -> None:
+        w = self.worker
+        s = w.stats
+        s.queued, s.held = len(w.queue), len(w.book)
+        s.jobs_today = w.controls.jobs_today
+        change = w.controls.next_schedule_change()
+        s.next_change = change.isoformat(timespec="minutes") if change else None
+        w.progress.update(s)
         try:
-            response = self.client.heartbeat(HeartbeatRequest(lease_ids=ids))
-        except Exception as exc:  # a failed beat must never kill the thread; the next one may pass
-            log.warning("heartbeat failed: %s", exc)
-            return
-        if response.lost:
-            log.warning("%d lease(s) lost; their jobs are dropped", len(response.lost))
-            with self._lock:
-                self.lost.update(response.lost)
-                self._tracked.difference_update(response.lost)
+            write_status(w.config.state_path, {**w.identity(), **s.snapshot()})
+        except OSError as exc:
+            log.debug("cannot write the status file: %s", exc)
 
 
-@dataclass
 class Worker:
     """One daemon run; `stop` is set by the signal handler (or a test) to ask for a clean exit."""
 
-    config: WorkerConfig
-    client: CoordinatorClient
-    engine: Engine
-    spool: Spool
-    progress: Progress
-    hardware: HardwareInfo
-    stop: threading.Event
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: CoordinatorClient,
+        engine: Engine,
+        spool: Spool,
+        progress: Progress,
+        hardware: HardwareInfo,
+        stop: threading.Event,
+        controls: Controls | None = None,
+    ) -> None:
+        self.config, self.client, self.engine, self.spool = config, client, engine, spool
+        self.progress, self.stop = progress, stop
+        config.state_path.mkdir(parents=True, exist_ok=True)  # for daemon.json, with --spool elsewhere
+        self.controls = controls or Controls(
+            StateStore(config.state_path), config.parsed_schedule, config.max_jobs_per_day
+        )
+        self.sizes = plan_sizes(config, engine)
+        self.stats = Stats(spooled=len(spool), max_leases=self.sizes.max_leases, schedule=config.schedule,
+                           max_jobs_per_day=config.max_jobs_per_day)  # fmt: skip
+        self.queue = JobQueue()
+        self.generating = 0
+        self.fatal: WorkerError | None = None
+        self.book = LeaseBook(self.sizes.max_leases, on_room=self._room_freed)
+        self.heartbeat = Heartbeat(client, self.book, config.poll_interval_s)
+        self.submitter = Submitter(
+            client, spool, self.book, self.stats, (engine.info, hardware), config.poll_interval_s, self._fail
+        )
+        policy = LeasePolicy(config.model, self.sizes.max_jobs, config.poll_interval_s, config.once)
+        parts = (self.book, self.queue, self.heartbeat, self.controls, self.stats)
+        self.prefetcher = Prefetcher(client, engine, parts, policy, self._pending, self._fail)
+        self.reporter = Reporter(self)
+        self.controls.on_change = self.prefetcher.wake.set
+        self._last_batch_end = time.monotonic()
 
-    def __post_init__(self) -> None:
-        self.stats = Stats(spooled=len(self.spool))
-        self.heartbeat = Heartbeat(self.client, self.config.poll_interval_s)
+    def identity(self) -> dict[str, Any]:
+        c = self.config
+        return {"pid": os.getpid(), "name": c.name, "coordinator": c.coordinator, "model": c.model,
+                "engine": self.engine.info.name, "device": self.engine.info.device,
+                "updated": time.time()}  # fmt: skip
+
+    # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
-        """Work until stopped, idle past --exit-when-idle, or one round with --once; returns 0."""
-        self.heartbeat.start()
+        """Work until stopped, idle past --exit-when-idle, or one lease with --once; returns 0."""
+        log.info("batches of %s, up to %d leases held", self.sizes.batch or f"<= {self.sizes.ceiling} (auto)",
+                 self.sizes.max_leases)  # fmt: skip
+        self.stats.work_started_at = time.time()
+        for part in (self.heartbeat, self.submitter, self.prefetcher, self.reporter):
+            part.start()
         try:
-            self.flush()
             self._main_loop()
         finally:
-            self._set_status("stopping")
-            self._final_flush()
-            self.heartbeat.close()
-            self.stats.status = "stopped"
-            self.progress.close(self.stats)
+            self._shutdown()
+        if self.fatal is not None:
+            raise self.fatal
         log.info("stopped; %d unacknowledged result(s) left in %s", len(self.spool), self.spool.directory)
         return 0
 
-    def _final_flush(self) -> None:
-        # Runs on the way out, maybe because of an error: it must not hide that error.
-        try:
-            self.flush()
-        except WorkerError as exc:
-            log.warning("final submit failed, results stay in the spool: %s", exc)
+    def _shutdown(self) -> None:
+        self._set_status("stopping")
+        self.prefetcher.close()
+        self._give_back(self.queue.drain(), "shutting down")
+        self.submitter.close()
+        self.heartbeat.close()
+        self.stats.status = "stopped"
+        self.reporter.close()
+        self.progress.close(self.stats)
 
-    def _main_loop(self) -> None:
-        idle_since: float | None = None
-        while not self.stop.is_set():
-            if len(self.spool):
-                self.flush()
-            grant = self._lease()
-            if grant is not None and grant.jobs:
-                idle_since = None
-                self._work(grant)
-            else:
-                idle_since = idle_since if idle_since is not None else time.monotonic()
-                if self._should_exit_idle(idle_since):
-                    return
-                self._set_status("idle")
-                self.stop.wait(self._idle_wait(idle_since))
-            if self.config.once:
-                return
+    def _fail(self, exc: WorkerError) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.stop.set()
+        self.queue.wake()
 
-    def _should_exit_idle(self, idle_since: float) -> bool:
-        if self.config.once:
-            return True
-        limit = self.config.exit_when_idle
-        return limit is not None and time.monotonic() - idle_since >= limit
+    def _room_freed(self) -> None:
+        self.prefetcher.wake.set()
 
-    def _idle_wait(self, idle_since: float) -> float:
-        wait = self.config.poll_interval_s
-        if self.config.exit_when_idle is not None:
-            remaining = self.config.exit_when_idle - (time.monotonic() - idle_since)
-            wait = min(wait, max(0.05, remaining))
-        return wait
+    def _pending(self) -> int:
+        return len(self.queue) + self.generating
 
     def _set_status(self, status: str) -> None:
         self.stats.status = status
-        self.stats.spooled = len(self.spool)
-        self.progress.update(self.stats)
 
-    # ------------------------------------------------------------------ leasing
+    # ------------------------------------------------------------------ the engine's loop
 
-    def _lease(self) -> LeaseGrant | None:
-        self._set_status("leasing")
-        request = LeaseRequest(max_jobs=self.config.max_jobs, models=[self.config.model])
-        try:
-            grant = self.client.lease(request)
-        except TransientError as exc:
-            log.warning("cannot lease jobs: %s", exc)
-            return None
-        self.heartbeat.interval_s = grant.heartbeat_interval_s
-        return grant
+    def _main_loop(self) -> None:
+        while not self.stop.is_set():
+            block = self.controls.generation_block()
+            if block is not None:
+                self._hold(block)
+                continue
+            if self.queue.wait(WAIT_S):
+                self._run_batch(self.queue.take(self._batch_size()))
+            elif self._finished_idle():
+                return
 
-    def _accepts(self, job: LeasedJob) -> bool:
-        if job.spec.model.name == self.config.model:
+    def _hold(self, why: str) -> None:
+        """Paused or outside the allowed hours: nothing runs and no lease is kept waiting."""
+        self._give_back(self.queue.drain(), why)
+        self._set_status(why)
+        self.controls.changed.clear()
+        self.controls.changed.wait(WAIT_S)
+        self._last_batch_end = time.monotonic()  # a pause is not idleness: --exit-when-idle waits
+
+    def _batch_size(self) -> int:
+        if self.sizes.batch is not None:
+            return self.sizes.batch
+        head = self.queue.peek(self.sizes.ceiling)
+        return min(self.sizes.ceiling, self.engine.max_batch([job.spec for job in head]))
+
+    def _finished_idle(self) -> bool:
+        if self.config.once and self.prefetcher.done and not len(self.queue):
             return True
-        log.warning("job %s wants model %r, this worker serves %r; skipped", job.spec.job_id,
-                    job.spec.model.name, self.config.model)  # fmt: skip
-        return False
+        empty = self.prefetcher.empty_since
+        self._set_status(self.controls.lease_block() or ("idle" if empty is not None else "leasing"))
+        limit = self.config.exit_when_idle
+        if limit is None or empty is None:
+            return False
+        return time.monotonic() - max(empty, self._last_batch_end) >= limit
 
-    def _work(self, grant: LeaseGrant) -> None:
-        jobs = [job for job in grant.jobs if self._accepts(job)]
-        self.stats.leased += len(grant.jobs)
-        self.heartbeat.track(job.lease_id for job in jobs)
-        leased_at = time.monotonic()
-        spooled: set[uuid.UUID] = set()
-        for chunk in chunks(jobs, self.config.batch_size):
-            if self.stop.is_set():
-                break
-            live = self._drop_lost(chunk)
-            if live and not self._generate_and_submit(live, leased_at, spooled):
-                break
-        abandoned = [job.lease_id for job in jobs if job.lease_id not in spooled]
-        if abandoned and self.stop.is_set():
-            log.info("shutdown requested: %d leased job(s) abandoned", len(abandoned))
-        # Their leases expire on the coordinator and the jobs go back to the pool.
-        self.heartbeat.untrack(abandoned)
+    def _should_stop(self) -> bool:
+        return self.stop.is_set() or self.controls.generation_block() is not None
 
-    def _drop_lost(self, chunk: list[LeasedJob]) -> list[LeasedJob]:
-        live = [job for job in chunk if not self.heartbeat.is_lost(job.lease_id)]
-        self.stats.dropped += len(chunk) - len(live)
-        return live
-
-    # ------------------------------------------------------------------ generating
-
-    def _generate_and_submit(self, chunk: list[LeasedJob], leased_at: float, spooled: set[uuid.UUID]) -> bool:
-        """Generate one batch, spool it, send it; False when the batch was abandoned."""
+    def _run_batch(self, batch: list[Queued]) -> None:
+        live = [q for q in batch if not self.book.is_lost(q.job.lease_id)]
+        self.stats.dropped += len(batch) - len(live)
+        if not live:
+            return
+        self.generating = len(live)
+        self.stats.batch_size = len(live)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        self.stats.current = [f"{q.job.spec.problem_id}#{q.job.spec.sample_index}" for q in live]
         self._set_status("generating")
         started = time.monotonic()
-        generations = self.engine.generate([job.spec for job in chunk], should_stop=self.stop.is_set)
-        if len(generations) < len(chunk):
-            return False
-        self.stats.generate_s += time.monotonic() - started
-        results = []
-        for job, generation in zip(chunk, generations, strict=True):
-            self.stats.generated += 1
-            self.stats.tokens += len(generation.completion_token_ids)
-            if self.heartbeat.is_lost(job.lease_id):
-                self.stats.dropped += 1
-                continue
-            result = self._submission(job, generation, started - leased_at)
-            self.spool.put(result)
-            spooled.add(job.lease_id)
-            results.append(result)
-        self.submit(results)
-        return True
-
-    def _submission(self, job: LeasedJob, generation: Generation, queued_s: float) -> TraceSubmission:
-        text = generation.text
-        if len(text) > MAX_TEXT_CHARS:
-            log.warning("job %s: text clipped to %d characters", job.spec.job_id, MAX_TEXT_CHARS)
-            text = text[:MAX_TEXT_CHARS]
-        return TraceSubmission(
-            lease_id=job.lease_id,
-            attempt_id=uuid.uuid4(),
-            job_id=job.spec.job_id,
-            text=text,
-            completion_token_ids=generation.completion_token_ids,
-            logprobs=generation.logprobs,
-            finish_reason=generation.finish_reason,
-            timings=Timings(
-                queued_s=queued_s, generate_s=generation.generate_s, prompt_tokens=generation.prompt_tokens
-            ),
-            engine=self.engine.info,
-            hardware=self.hardware,
+        try:
+            generations = self.engine.generate([q.job.spec for q in live], should_stop=self._should_stop)
+        finally:
+            self.generating, self.stats.current = 0, []
+            self._last_batch_end = time.monotonic()
+        if len(generations) < len(live):
+            why = "shutting down" if self.stop.is_set() else (self.controls.generation_block() or "stopped")
+            self._give_back(live, f"{why}: batch abandoned")
+            return
+        tokens = sum(len(g.completion_token_ids) for g in generations)
+        self.stats.record_batch(len(live), tokens, self._last_batch_end - started)
+        self.controls.count_jobs(len(live))
+        self.submitter.put(
+            [Finished(q.job, g, started - q.at) for q, g in zip(live, generations, strict=True)]
         )
 
-    # ------------------------------------------------------------------ submitting
-
-    def flush(self) -> None:
-        """Send everything in the spool (results of this run or of an earlier, interrupted one)."""
-        pending = self.spool.pending()
-        if pending:
-            self.heartbeat.track(result.lease_id for result in pending)
-            self.submit(pending)
-
-    def submit(self, results: Sequence[TraceSubmission]) -> None:
-        if not results:
-            return
-        self._set_status("submitting")
-        for start in range(0, len(results), MAX_BATCH):
-            if not self._submit_batch(list(results[start : start + MAX_BATCH])):
-                break
-        self.stats.spooled = len(self.spool)
-        self.progress.update(self.stats)
-
-    def _submit_batch(self, batch: list[TraceSubmission]) -> bool:
-        """Send one batch and apply its acks; False on a transient failure (all stays spooled)."""
-        try:
-            response = self.client.submit(SubmitRequest(results=batch))
-        except TransientError as exc:
-            log.warning("submit failed, %d result(s) stay in the spool: %s", len(batch), exc)
-            return False
-        except RejectedError as exc:
-            return self._submit_rejected_batch(batch, exc)
-        by_attempt = {result.attempt_id: result for result in batch}
-        for ack in response.acks:
-            result = by_attempt.pop(ack.attempt_id, None)
-            if result is not None:
-                self._apply_ack(result, ack.status, ack.reason)
-        if by_attempt:
-            log.warning("%d result(s) got no ack; they stay in the spool", len(by_attempt))
-        return True
-
-    def _submit_rejected_batch(self, batch: list[TraceSubmission], exc: RejectedError) -> bool:
-        # One malformed result must not hold the others back: split until the culprit is alone.
-        if len(batch) > 1:
-            return all(self._submit_batch([result]) for result in batch)
-        self._apply_ack(batch[0], AckStatus.rejected, str(exc))
-        return True
-
-    def _apply_ack(self, result: TraceSubmission, status: AckStatus, reason: str | None) -> None:
-        self.spool.remove(result.attempt_id)
-        self.heartbeat.untrack([result.lease_id])
-        if status is AckStatus.accepted:
-            self.stats.accepted += 1
-        elif status is AckStatus.duplicate:
-            self.stats.duplicate += 1
-        else:
-            self.stats.rejected += 1
-            log.warning("result for job %s rejected: %s", result.job_id, reason or "no reason given")
+    def _give_back(self, queued: list[Queued], why: str) -> None:
+        if queued:
+            ids = [q.job.lease_id for q in queued]
+            self.stats.released += give_back(self.client, self.book, ids, why)

@@ -78,20 +78,29 @@ class Spool:
 
     def put(self, submission: TraceSubmission) -> Path:
         """Write one result durably; returns its path."""
-        final = self.path(submission.attempt_id)
-        tmp = self.directory / f".{final.name}.{os.getpid()}{TMP_SUFFIX}"
-        data = submission.model_dump_json().encode()
+        return self.put_many([submission])[0]
+
+    def put_many(self, submissions: list[TraceSubmission]) -> list[Path]:
+        """Write results durably: each file synced, then all renamed, then one directory sync
+        (one directory sync per batch instead of per result)."""
+        staged = []
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
+            for submission in submissions:
+                final = self.path(submission.attempt_id)
+                tmp = self.directory / f".{final.name}.{os.getpid()}{TMP_SUFFIX}"
+                staged.append((tmp, final))
+                with open(tmp, "wb") as handle:
+                    handle.write(submission.model_dump_json().encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            for tmp, final in staged:
+                os.replace(tmp, final)
             _fsync_dir(self.directory)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise SpoolError(f"cannot write {final}: {exc}") from exc
-        return final
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}") from exc
+        return [final for _, final in staged]
 
     def remove(self, attempt_id: uuid.UUID) -> None:
         self.path(attempt_id).unlink(missing_ok=True)

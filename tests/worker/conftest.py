@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +13,23 @@ import pytest
 from worker_fakes import FakeCoordinator
 
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
-from shared.protocol import ChatMessage, JobSpec, ModelRef, SamplingParams
+from shared.protocol import (
+    ChatMessage,
+    EngineInfo,
+    FinishReason,
+    HardwareInfo,
+    JobSpec,
+    ModelRef,
+    SamplingParams,
+)
+from worker.client import CoordinatorClient
+from worker.config import RetryPolicy, WorkerConfig
+from worker.engines.base import Generation, ShouldStop
+from worker.loop import Worker
+from worker.progress import NoProgress
+from worker.spool import Spool
+
+MODEL = "test/echo"
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -100,3 +118,72 @@ def coordinator() -> Iterator[FakeCoordinator]:
         yield server
     finally:
         server.stop()
+
+
+class EchoEngine:
+    """A deterministic stand-in for a model, for tests whose unit is the daemon around it: it
+    echoes the job id, takes `delay_s` per batch (checking `should_stop` as a decode loop does)
+    and records when each batch started and ended."""
+
+    info = EngineInfo(name="transformers", version="test", dtype="float32", device="cpu")
+    model_name = MODEL
+    verifiable = True
+    default_batch = 8
+
+    def __init__(self, delay_s: float = 0.0, verifiable: bool = True) -> None:
+        self.delay_s = delay_s
+        self.traces_verifiable = verifiable
+        self.batches: list[list[JobSpec]] = []
+        self.spans: list[tuple[float, float]] = []
+        self.refuse: Callable[[JobSpec], str | None] = lambda job: None
+
+    def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
+        self.batches.append(list(jobs))
+        started = time.monotonic()
+        deadline = started + self.delay_s
+        while time.monotonic() < deadline:
+            if should_stop is not None and should_stop():
+                return []
+            time.sleep(0.01)
+        self.spans.append((started, time.monotonic()))
+        return [
+            Generation(
+                str(job.job_id),
+                [1, 2],
+                [-0.5, -0.25],
+                FinishReason.stop,
+                3,
+                self.delay_s,
+                verifiable=self.traces_verifiable,
+            )
+            for job in jobs
+        ]
+
+    def max_batch(self, jobs: Sequence[JobSpec]) -> int:
+        return 256
+
+    def unsupported(self, job: JobSpec) -> str | None:
+        return self.refuse(job)
+
+    def close(self) -> None:
+        return None
+
+
+def make_worker(server: FakeCoordinator, tmp: Path, engine: EchoEngine, **config: object) -> Worker:
+    settings = WorkerConfig.model_validate(
+        {"coordinator": server.url, "model": MODEL, "state_dir": tmp, "poll_interval_s": 0.1, **config}
+    )
+    retry = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
+    stop = threading.Event()
+    client = CoordinatorClient(server.url, server.token or "tok", retry=retry, stop=stop)
+    spool = Spool(settings.spool_dir)
+    return Worker(settings, client, engine, spool, NoProgress(), HardwareInfo(cpu_count=1), stop)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False

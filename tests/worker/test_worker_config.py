@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from shared.assets import TINY_MODEL_NAME
-from worker.config import default_spool, load_config
+from worker.config import control_state_dir, default_spool, default_state_dir, load_config
+from worker.engines import select_gpus
 from worker.errors import ConfigError
 
 BASE = {"coordinator": "http://coord:8000/"}
@@ -56,3 +58,47 @@ def test_invalid_values_are_config_errors(flags: dict[str, object], message: str
 def test_missing_coordinator_is_reported() -> None:
     with pytest.raises(ConfigError, match="coordinator"):
         load_config({}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"gpus": "0,x"}, "GPU indices"),
+        ({"gpus": "1,1"}, "GPU indices"),
+        ({"engine": "vllm", "gpus": "0,1"}, "one GPU"),
+        ({"device": "cpu", "gpu_memory_fraction": 0.5}, "GPU device"),
+        ({"gpu_memory_fraction": 1.5}, "gpu_memory_fraction"),
+        ({"schedule": "mon-fri 9-17"}, "schedule"),
+        ({"batch_size": "many"}, "batch_size"),
+    ],
+)
+def test_volunteer_controls_are_validated(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config({**BASE, **flags}, environ={})
+
+
+def test_config_file_under_environment_under_flags(tmp_path: Path) -> None:
+    file = tmp_path / "worker.toml"
+    file.write_text(
+        'coordinator = "http://file"\nbatch-size = 4\nmax_leases = 10\nschedule = "22:00-07:00"\n'
+    )
+    env = {"FLYWHEEL_WORKER_CONFIG": str(file), "FLYWHEEL_WORKER_MAX_LEASES": "12"}
+    config = load_config({"schedule": None, "batch_size": 2}, environ=env)
+    assert config.coordinator == "http://file" and config.schedule == "22:00-07:00"
+    assert config.max_leases == 12 and config.batch_size == 2
+    assert load_config({"config": file}, environ={}).batch_size == 4
+
+
+def test_state_directory_for_control_commands(tmp_path: Path) -> None:
+    assert control_state_dir({"name": "box 1"}, environ={}) == default_state_dir("box 1")
+    assert control_state_dir({}, environ={"FLYWHEEL_WORKER_STATE_DIR": str(tmp_path)}) == tmp_path
+    file = tmp_path / "w.toml"
+    file.write_text('name = "from-file"\ncoordinator = "http://x"\n')
+    assert control_state_dir({"config": file}, environ={}) == default_state_dir("from-file")
+    assert default_state_dir("box 1").name == "box_1"
+
+
+def test_gpus_select_the_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    select_gpus(load_config({**BASE, "gpus": " 2, 0 "}, environ={}))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,0"

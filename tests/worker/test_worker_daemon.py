@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from conftest import make_job
 from worker_fakes import FakeCoordinator
 
-from shared.protocol import TraceSubmission
+from shared.protocol import API_PREFIX, Routes, TraceSubmission
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -147,3 +148,117 @@ def test_missing_token_is_a_usage_error(coordinator: FakeCoordinator, tmp_path: 
     proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "no token" in proc.stderr
+
+
+def flywheel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "flywheel", "worker", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def status_json(state: Path) -> dict[str, object]:
+    return json.loads(flywheel("status", "--state-dir", str(state), "--json").stdout)  # type: ignore[no-any-return]
+
+
+def test_pause_and_resume_a_running_daemon(
+    coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
+) -> None:
+    jobs = [make_job(tiny_model, seed=i, max_tokens=24) for i in range(12)]
+    coordinator.queue.extend(jobs)
+    state = tmp_path / "state"
+    extra = ("--state-dir", str(state), "--batch-size", "2", "--max-leases", "4", "--exit-when-idle", "1")
+    proc = start(worker_cmd(coordinator, tiny_model, tmp_path / "spool", *extra))
+    try:
+        assert wait_for(lambda: len(coordinator.stored) >= 2, timeout=180), "no result before the pause"
+        proc.send_signal(signal.SIGUSR1)  # pause by signal alone
+        assert wait_for(lambda: status_json(state)["status"]["status"] == "paused", timeout=30)  # type: ignore[index]
+        assert wait_for(lambda: not coordinator.outstanding, timeout=30)  # leases given back or acked
+        assert status_json(state)["paused"] is True and coordinator.released
+        done = len(coordinator.stored)
+        time.sleep(1.5)
+        assert len(coordinator.stored) == done < len(jobs) and proc.poll() is None  # paused is not idle
+        shown = flywheel("status", "--state-dir", str(state))
+        assert shown.returncode == 0 and "PAUSED" in shown.stdout and "paused" in shown.stdout
+        resumed = flywheel("resume", "--state-dir", str(state))
+        assert resumed.returncode == 0 and f"pid {proc.pid}" in resumed.stdout
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert {r.job_id for r in coordinator.stored.values()} == {j.job_id for j in jobs}
+    after = flywheel("status", "--state-dir", str(state))
+    assert after.returncode == 3 and "not running" in after.stdout
+
+
+def test_pause_before_start_keeps_the_daemon_paused(
+    coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
+) -> None:
+    coordinator.queue.append(make_job(tiny_model, max_tokens=4))
+    state = tmp_path / "state"
+    paused = flywheel("pause", "--state-dir", str(state))
+    assert paused.returncode == 0 and "will start paused" in paused.stdout
+    proc = start(worker_cmd(coordinator, tiny_model, tmp_path / "spool", "--state-dir", str(state)))
+    try:
+        assert wait_for(
+            lambda: (status_json(state).get("status") or {}).get("status") == "paused", timeout=180
+        )  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert coordinator.count(API_PREFIX + Routes.lease) == 0 and len(coordinator.queue) == 1
+
+
+def test_wrong_token_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    server = FakeCoordinator(token="the-right-one")
+    server.start()
+    try:
+        # The model path does not exist: a refusal about the token shows it was checked first.
+        cmd = worker_cmd(server, str(tmp_path / "no-model"), tmp_path)
+        proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop()
+    assert proc.returncode == 1
+    assert "refused the token" in proc.stderr and "no-model" not in proc.stderr
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_start(coordinator: FakeCoordinator, tmp_path: Path) -> None:
+    cmd = worker_cmd(coordinator, str(tmp_path / "no-model"), tmp_path)
+    proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "cannot start: cannot load model" in proc.stderr and "no-model" in proc.stderr
+    assert coordinator.count(API_PREFIX + Routes.lease) == 0
+
+
+def test_config_file_supplies_options_flags_override(
+    coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
+) -> None:
+    coordinator.queue.extend(make_job(tiny_model, seed=i, max_tokens=4) for i in range(3))
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        f'coordinator = "{coordinator.url}"\ntoken = "t0k3n"\nmodel = "{tiny_model}"\ndevice = "cpu"\n'
+        f'state-dir = "{tmp_path / "state"}"\nmax_jobs = 1\nprogress = "plain"\nmax-jobs-per-day = 100\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "flywheel",
+        "worker",
+        "run",
+        "--config",
+        str(config),
+        "--max-jobs",
+        "2",
+        "--once",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert len(coordinator.stored) == 2  # --max-jobs 2 on the command line beat max_jobs = 1 in the file
+    assert (tmp_path / "state" / "state.json").exists() and (tmp_path / "state" / "spool").is_dir()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('coordinator = "http://x"\nbatch_sise = 3\n')
+    proc = subprocess.run(
+        [*cmd[:5], "--config", str(bad)], cwd=ROOT, env=run_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "batch_sise" in proc.stderr and str(bad) in proc.stderr

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import make_job
-from worker_fakes import FakeOpenAI
+from worker_fakes import FakeOpenAI, Reply
 
-from shared.protocol import FinishReason
+from shared.protocol import BudgetForcing, FinishReason
 from worker.engines.openai import OpenAIEngine, load_tokenizer
 from worker.errors import EngineError
 
@@ -71,3 +71,44 @@ def test_server_errors_become_engine_errors(server: FakeOpenAI) -> None:
     unreachable = OpenAIEngine("http://127.0.0.1:9/v1", "m", use_tokenizer=False, timeout_s=2)
     with pytest.raises(EngineError, match="unreachable"):
         unreachable.generate([make_job("m")])
+
+
+def completion(text: str, finish: str, stop_reason: str | None) -> Reply:
+    choice = {"text": text, "logprobs": {"tokens": list(text), "token_logprobs": [-0.5] * len(text)},
+              "finish_reason": finish, "stop_reason": stop_reason}  # fmt: skip
+    return Reply(200, {"choices": [choice], "usage": {"prompt_tokens": 9}})
+
+
+def test_budget_forcing_in_rounds_on_text(server: FakeOpenAI, tiny_model: str) -> None:
+    tokenizer = load_tokenizer(tiny_model)
+    engine = OpenAIEngine(server.url + "/v1", tiny_model, tokenizer=tokenizer)
+    server.fail_next(
+        "/v1/completions",
+        completion("12+30", "stop", "</think>"),  # thinking ends after 5 tokens: under the minimum
+        completion("=42", "stop", "</think>"),  # 5 + 5 (" Wait") + 3 = 13: past it
+        completion(" 42", "stop", None),  # the answer, ended by the end-of-sequence token
+    )
+    budget = BudgetForcing(min_thinking_tokens=8, max_waits=1, think_end="</think>", wait_text=" Wait")
+    gen = engine.generate([make_job(tiny_model, max_tokens=40).model_copy(update={"budget": budget})])[0]
+    assert gen.text == "12+30 Wait=42</think> 42" and gen.finish_reason is FinishReason.stop
+    assert not gen.verifiable and len(gen.completion_token_ids) == len(gen.logprobs)
+    bodies = [json.loads(body) for _, path, _, body in server.requests if path == "/v1/completions"]
+    assert [b.get("stop") for b in bodies] == [["</think>"], ["</think>"], None]
+    assert bodies[1]["prompt"].endswith("12+30 Wait") and bodies[2]["prompt"].endswith("=42</think>")
+    assert [b["max_tokens"] for b in bodies] == [40, 30, 19]  # what is left of max_tokens each round
+
+
+def test_budget_maximum_cuts_thinking_on_text(server: FakeOpenAI, tiny_model: str) -> None:
+    engine = OpenAIEngine(server.url + "/v1", tiny_model, tokenizer=load_tokenizer(tiny_model))
+    server.fail_next("/v1/completions", completion("1234", "length", None), completion("!", "stop", None))
+    budget = BudgetForcing(max_thinking_tokens=4, think_end="</think>")
+    gen = engine.generate([make_job(tiny_model, max_tokens=30).model_copy(update={"budget": budget})])[0]
+    assert gen.text == "1234</think>!"
+    bodies = [json.loads(body) for _, path, _, body in server.requests if path == "/v1/completions"]
+    assert bodies[0]["max_tokens"] == 4 and "stop" not in bodies[1]
+
+
+def test_budget_jobs_need_the_tokenizer() -> None:
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m", use_tokenizer=False)
+    job = make_job("m").model_copy(update={"budget": BudgetForcing()})
+    assert engine.unsupported(job) is not None and engine.unsupported(make_job("m")) is None

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import make_job
 
-from shared.protocol import SamplingParams
-from shared.sampling import sample_step
+from shared.protocol import BudgetForcing, SamplingParams
+from shared.sampling import filtered_logprobs, sample_step
 from worker.engines import vllm as vllm_engine
 from worker.engines.vllm import EXTRA_KEY, _RowState, apply_batch_update, force_tokens
 
@@ -74,3 +74,60 @@ def test_vllm_engine_generates_seeded_tokens(tiny_model: str) -> None:
     assert first.completion_token_ids == again.completion_token_ids
     assert any(o.completion_token_ids != first.completion_token_ids for o in others)
     assert len(first.logprobs) == len(first.completion_token_ids)
+
+
+def budget_request(key: str, budget: BudgetForcing, output: list[int]) -> tuple[SimpleNamespace, list[int]]:
+    params, _ = request(key, 5, output)
+    params.extra_args[EXTRA_KEY]["budget"] = {
+        "rule": budget.model_dump(), "think_end_ids": [40, 41], "wait_ids": [30], "stops": [2],
+    }  # fmt: skip
+    return params, output
+
+
+def step_rows(rows: dict[int, _RowState], logits: torch.Tensor) -> list[int]:
+    """One engine step as vLLM runs it: the processor, then greedy, appended to each output."""
+    forced = force_tokens(logits.clone(), rows)
+    chosen = forced.argmax(dim=-1).tolist()
+    for index, state in rows.items():
+        state.output.append(chosen[index])
+    return chosen
+
+
+def test_budget_forcing_in_the_logits_processor() -> None:
+    vllm_engine._RECORDS.clear()
+    vllm_engine._BUDGETS.clear()
+    rows: dict[int, _RowState] = {}
+    capped = budget_request("cap", BudgetForcing(max_thinking_tokens=2), [])
+    floor = budget_request("floor", BudgetForcing(min_thinking_tokens=3, max_waits=0), [])
+    added = [(0, capped[0], None, capped[1]), (1, floor[0], None, floor[1])]
+    apply_batch_update(rows, SimpleNamespace(removed=[], added=added, moved=[]), SWAP)
+    logits = torch.randn(2, 50)
+    logits[:, 2] = 50.0  # the end-of-sequence id is what the model wants most, everywhere
+    steps = [step_rows(rows, logits) for _ in range(4)]
+    # row 0 samples EOS at 0 (no minimum) and would stop there in vLLM; it shows the rule ran
+    assert steps[0][0] == 2
+    # row 1: EOS suppressed before the minimum (no waits), allowed from position 3 on
+    assert 2 not in [s[1] for s in steps[:3]] and steps[3][1] == 2
+    token, logprob = vllm_engine._RECORDS["floor"][0]
+    suppressed = logits[1:2].clone()
+    suppressed[0, 2] = float("-inf")  # the logprob is over the allowed set without EOS
+    assert logprob == pytest.approx(float(filtered_logprobs(torch, suppressed, [rows[1].sampling])[0, token]))
+
+
+def test_budget_max_forces_think_end_with_the_raw_logprob() -> None:
+    vllm_engine._RECORDS.clear()
+    vllm_engine._BUDGETS.clear()
+    rows: dict[int, _RowState] = {}
+    capped = budget_request("cap", BudgetForcing(max_thinking_tokens=2), [7, 8])  # two thinking tokens so far
+    apply_batch_update(
+        rows, SimpleNamespace(removed=[], added=[(0, capped[0], None, capped[1])], moved=[]), SWAP
+    )
+    budget = rows[0].budget
+    assert budget is not None
+    budget.advance(7)
+    budget.advance(8)  # the engine had fed it the two tokens already emitted
+    logits = torch.randn(1, 50)
+    assert step_rows(rows, logits) == [40] and step_rows(rows, logits) == [41]  # think_end, forced
+    raw = torch.log_softmax(logits[0].double(), -1)
+    assert vllm_engine._RECORDS["cap"][2] == (40, pytest.approx(float(raw[40])))
+    assert budget.thinking is False

@@ -9,58 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import make_job
+from conftest import MODEL, EchoEngine, make_job, make_worker, wait_until
 from worker_fakes import FakeCoordinator, error_reply
 
-from shared.protocol import API_PREFIX, EngineInfo, FinishReason, HardwareInfo, JobSpec, Routes
-from worker.client import CoordinatorClient
-from worker.config import RetryPolicy, WorkerConfig
-from worker.engines.base import Generation, ShouldStop
+from shared.protocol import API_PREFIX, Routes
 from worker.errors import AuthError
-from worker.loop import Worker
-from worker.progress import NoProgress
-from worker.spool import Spool
-
-MODEL = "test/echo"
-
-
-class EchoEngine:
-    info = EngineInfo(name="transformers", version="test", dtype="float32", device="cpu")
-    model_name = MODEL
-    verifiable = True
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.batches: list[list[JobSpec]] = []
-
-    def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
-        self.batches.append(list(jobs))
-        deadline = time.monotonic() + self.delay_s
-        while time.monotonic() < deadline:
-            if should_stop is not None and should_stop():
-                return []
-            time.sleep(0.01)
-        return [
-            Generation(str(job.job_id), [1, 2], [-0.5, -0.25], FinishReason.stop, 3, self.delay_s)
-            for job in jobs
-        ]
-
-    def close(self) -> None:
-        return None
-
-
-def make_worker(server: FakeCoordinator, tmp: Path, engine: EchoEngine, **config: object) -> Worker:
-    settings = WorkerConfig.model_validate(
-        {"coordinator": server.url, "model": MODEL, "spool": tmp, "poll_interval_s": 0.1, **config}
-    )
-    retry = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
-    stop = threading.Event()
-    client = CoordinatorClient(server.url, "tok", retry=retry, stop=stop)
-    return Worker(settings, client, engine, Spool(tmp), NoProgress(), HardwareInfo(cpu_count=1), stop)
 
 
 def test_once_processes_one_lease_in_batches(coordinator: FakeCoordinator, tmp_path: Path) -> None:
@@ -90,15 +46,6 @@ def test_jobs_of_lost_leases_are_dropped(coordinator: FakeCoordinator, tmp_path:
     assert len(coordinator.stored) == 2
     assert worker.stats.dropped == 2
     assert coordinator.count(API_PREFIX + Routes.heartbeat) >= 1
-
-
-def wait_until(predicate: object, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_rejected_results_leave_the_spool_with_a_reason(

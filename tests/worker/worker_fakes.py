@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from shared.protocol import (
     LeaseRequest,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
     Routes,
     Scope,
     ServerInfo,
@@ -132,26 +135,64 @@ def _dump(model: Any) -> Any:
 
 
 class FakeCoordinator(JsonServer):
-    """Hands out queued jobs, tracks leases, acks submissions like the real coordinator would."""
+    """Hands out queued jobs, tracks leases, acks submissions like the real coordinator would.
 
-    def __init__(self, protocol_version: int = PROTOCOL_VERSION, heartbeat_interval_s: float = 0.3) -> None:
+    `outstanding` is the set of leases granted and not yet ended by a submission, a release or
+    a loss; `peak_outstanding` the most there ever were at once. A released job goes back to
+    the front of the queue. With `supports_release=False` it answers the release route 404, as
+    a coordinator from before that route does. With `token` set, other tokens get 401.
+    """
+
+    def __init__(
+        self,
+        protocol_version: int = PROTOCOL_VERSION,
+        heartbeat_interval_s: float = 0.3,
+        token: str | None = None,
+    ) -> None:
         super().__init__()
         self.protocol_version = protocol_version
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.token = token
         self.queue: deque[JobSpec] = deque()
         self.leases: dict[uuid.UUID, JobSpec] = {}
         self.lost: set[uuid.UUID] = set()
         self.stored: dict[uuid.UUID, TraceSubmission] = {}
+        self.released: set[uuid.UUID] = set()
+        self.outstanding: set[uuid.UUID] = set()
+        self.peak_outstanding = 0
+        self.supports_release = True
+        self.submit_times: list[float] = []
         self.submit_status: int | None = None  # set to e.g. 503 to refuse every submission
         self.reject_reason: str | None = None  # set to ack every result as rejected
         p = API_PREFIX
         self.routes = {
             ("GET", p + Routes.info): self._info,
             ("POST", p + Routes.register): self._register,
-            ("POST", p + Routes.lease): self._lease,
-            ("POST", p + Routes.heartbeat): self._heartbeat,
-            ("POST", p + Routes.submit): self._submit,
+            ("POST", p + Routes.lease): self._authed(self._lease),
+            ("POST", p + Routes.heartbeat): self._authed(self._heartbeat),
+            ("POST", p + Routes.release): self._authed(self._release),
+            ("POST", p + Routes.submit): self._authed(self._submit),
         }
+
+    def _authed(self, handler: Handler) -> Handler:
+        def check(headers: dict[str, str], body: bytes) -> Reply:
+            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+                return error_reply(401, "unauthorized", "unknown token")
+            return handler(headers, body)
+
+        return check
+
+    def _release(self, headers: dict[str, str], body: bytes) -> Reply:
+        if not self.supports_release:
+            return error_reply(404, "not_found", "no route")
+        request = ReleaseRequest.model_validate_json(body)
+        with self.lock:
+            released = [lid for lid in request.lease_ids if lid in self.outstanding]
+            for lid in reversed(released):
+                self.queue.appendleft(self.leases[lid])
+            self.outstanding.difference_update(released)
+            self.released.update(released)
+        return Reply(200, _dump(ReleaseResponse(released=released)))
 
     def _info(self, headers: dict[str, str], body: bytes) -> Reply:
         return Reply(200, _dump(ServerInfo(version=__version__, protocol_version=self.protocol_version)))
@@ -169,7 +210,9 @@ class FakeCoordinator(JsonServer):
             while self.queue and len(granted) < request.max_jobs:
                 lease = LeasedJob(lease_id=uuid.uuid4(), deadline=deadline, spec=self.queue.popleft())
                 self.leases[lease.lease_id] = lease.spec
+                self.outstanding.add(lease.lease_id)
                 granted.append(lease)
+            self.peak_outstanding = max(self.peak_outstanding, len(self.outstanding))
         grant = LeaseGrant(jobs=granted, heartbeat_interval_s=self.heartbeat_interval_s, lease_ttl_s=60)
         return Reply(200, _dump(grant))
 
@@ -177,7 +220,8 @@ class FakeCoordinator(JsonServer):
         request = HeartbeatRequest.model_validate_json(body)
         until = datetime.now(UTC) + timedelta(seconds=60)
         with self.lock:
-            lost = [lid for lid in request.lease_ids if lid in self.lost or lid not in self.leases]
+            lost = [lid for lid in request.lease_ids if lid in self.lost or lid not in self.outstanding]
+            self.outstanding.difference_update(lost)
             extended = {lid: until for lid in request.lease_ids if lid not in lost}
         return Reply(200, _dump(HeartbeatResponse(extended=extended, lost=lost)))
 
@@ -186,6 +230,7 @@ class FakeCoordinator(JsonServer):
             return error_reply(self.submit_status, "unavailable", "submissions are paused")
         request = SubmitRequest.model_validate_json(body)
         with self.lock:
+            self.submit_times.append(time.monotonic())
             acks = [self._ack(result) for result in request.results]
         return Reply(200, _dump(SubmitResponse(acks=acks)))
 
@@ -197,8 +242,9 @@ class FakeCoordinator(JsonServer):
             return ack(AckStatus.rejected, self.reject_reason)
         if result.attempt_id in self.stored:
             return ack(AckStatus.duplicate)
-        if result.lease_id in self.lost or result.lease_id not in self.leases:
+        if result.lease_id in self.lost or result.lease_id not in self.outstanding:
             return ack(AckStatus.rejected, "lease lost")
+        self.outstanding.discard(result.lease_id)
         self.stored[result.attempt_id] = result
         return ack(AckStatus.accepted)
 

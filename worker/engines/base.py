@@ -38,9 +38,18 @@ class Engine(Protocol):
     info: EngineInfo
     model_name: str
     verifiable: bool  # False: the backend cannot apply the seeded sampler; traces can't be validated
+    default_batch: int  # the most jobs `--batch-size auto` puts in one batch on this engine and device
 
     def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
         """One Generation per job, in order. May return fewer only when `should_stop` fired."""
+        ...
+
+    def max_batch(self, jobs: Sequence[JobSpec]) -> int:
+        """How many jobs shaped like these fit in one batch in the memory free now (>= 1)."""
+        ...
+
+    def unsupported(self, job: JobSpec) -> str | None:
+        """Why this engine cannot run the job as specified, or None; such jobs are given back."""
         ...
 
     def close(self) -> None: ...

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shared.protocol import ChatMessage
+from shared.protocol import BudgetForcing, ChatMessage
+from worker.budget import BudgetTokens
 from worker.errors import EngineError
 
 
@@ -40,3 +41,26 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
 def decode_completion(tokenizer: Any, token_ids: Sequence[int], stops: set[int]) -> str:
     body = list(token_ids[:-1] if token_ids and token_ids[-1] in stops else token_ids)
     return str(tokenizer.decode(body, skip_special_tokens=True))
+
+
+class BudgetTokenizer:
+    """A budget's strings as the tokenizer encodes each alone (no special tokens added), cached:
+    every job of a campaign carries the same budget."""
+
+    def __init__(self, tokenizer: Any, stops: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self._cache: dict[BudgetForcing, BudgetTokens] = {}
+
+    def __call__(self, budget: BudgetForcing) -> BudgetTokens:
+        tokens = self._cache.get(budget)
+        if tokens is None:
+            try:
+                tokens = BudgetTokens.encode(budget, self._encode, self.stops)
+            except ValueError as exc:
+                raise EngineError(f"budget forcing: {exc}") from exc
+            self._cache[budget] = tokens
+        return tokens
+
+    def _encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]

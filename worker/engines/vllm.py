@@ -7,7 +7,10 @@ vLLM then samples greedily and so emits exactly that token. The processor record
 logprob (the definition in docs/worker.md, not vLLM's raw logprobs) in this process, which is why
 the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Newer vLLM releases default
 to a second model runner with another processor interface; VLLM_USE_V2_MODEL_RUNNER=0 keeps the
-one implemented here.
+one implemented here. Budget forcing (worker/budget.py) runs in the same processor: at a forced
+position it leaves the forced token finite instead of the sample. Samples of one problem share
+their prompt through vLLM's prefix cache; its paged KV cache sizes batches within
+`--gpu-memory-fraction`. `llm.generate` is blocking, so a pause takes effect after the batch.
 """
 
 from __future__ import annotations
@@ -22,17 +25,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.assets import resolve_model
-from shared.protocol import EngineInfo, FinishReason, JobSpec, SamplingParams
+from shared.protocol import MAX_BATCH, BudgetForcing, EngineInfo, FinishReason, JobSpec, SamplingParams
 from shared.sampling import sample_step
+from worker.budget import SAMPLE, BudgetState, BudgetTokens, Step
 from worker.engines.base import Generation, ShouldStop, package_version
-from worker.engines.prompt import prompt_token_ids, stop_token_ids
+from worker.engines.hf import forced_logprobs
+from worker.engines.prompt import BudgetTokenizer, prompt_token_ids, stop_token_ids
 from worker.errors import EngineError
 
 log = logging.getLogger("flywheel.worker.engine")
 EXTRA_KEY = "flywheel_sampling"
+DEFAULT_BATCH = MAX_BATCH  # vLLM schedules its own memory: hand it as many jobs as may be leased
 
 # (request key) -> position -> (token id, logprob), written by the processor, read by generate().
 _RECORDS: dict[str, dict[int, tuple[int, float]]] = {}
+# (request key) -> budget controller; kept here, not in the row, so it survives a preemption
+# (vLLM then re-adds the request with the output it already has).
+_BUDGETS: dict[str, BudgetState] = {}
 _RECORDS_LOCK = threading.Lock()
 
 
@@ -43,6 +52,20 @@ class _RowState:
     sample_index: int
     sampling: SamplingParams
     output: list[int]  # vLLM's live list of this request's output tokens
+    budget: BudgetState | None = None
+
+
+def _budget_state(key: str, extra: dict[str, Any]) -> BudgetState | None:
+    spec = extra.get("budget")
+    if spec is None:
+        return None
+    with _RECORDS_LOCK:
+        state = _BUDGETS.get(key)
+        if state is None:
+            end, wait, stops = spec["think_end_ids"], spec["wait_ids"], spec["stops"]
+            ids = BudgetTokens(tuple(end), tuple(wait), frozenset(stops))
+            state = _BUDGETS[key] = BudgetState(BudgetForcing.model_validate(spec["rule"]), ids)
+        return state
 
 
 def _row_state(params: Any, output: list[int]) -> _RowState | None:
@@ -50,7 +73,9 @@ def _row_state(params: Any, output: list[int]) -> _RowState | None:
     if extra is None:
         return None
     sampling = SamplingParams.model_validate(extra["sampling"])
-    return _RowState(extra["key"], sampling.seed, int(extra["sample_index"]), sampling, output)
+    key = extra["key"]
+    budget = _budget_state(key, extra)
+    return _RowState(key, sampling.seed, int(extra["sample_index"]), sampling, output, budget)
 
 
 def apply_batch_update(rows: dict[int, _RowState], update: Any, swap: Any) -> None:
@@ -72,30 +97,64 @@ def apply_batch_update(rows: dict[int, _RowState], update: Any, swap: Any) -> No
 
 
 def force_tokens(logits: Any, rows: dict[int, _RowState]) -> Any:
-    """Sample our rows with sample_step and leave only the chosen token finite in each."""
+    """Decide our rows' tokens (seeded sample, or budget-forced) and leave only that one finite."""
     import torch
 
     if not rows:
         return logits
     order = sorted(rows)
     states = [rows[i] for i in order]
+    plans = [s.budget.step() if s.budget is not None else SAMPLE for s in states]
+    tokens, logprobs = _decide(logits, order, states, plans)
     index = torch.tensor(order, device=logits.device)
-    positions = [len(s.output) for s in states]
-    tokens, logprobs = sample_step(
-        torch,
-        logits[index],
-        seeds=[s.seed for s in states],
-        sample_indices=[s.sample_index for s in states],
-        positions=positions,
-        sampling=[s.sampling for s in states],
-    )
     forced = torch.full_like(logits[index], float("-inf"))
-    forced.scatter_(1, tokens[:, None], 0.0)
+    forced.scatter_(1, torch.tensor(tokens, device=logits.device)[:, None], 0.0)
     logits[index] = forced
     with _RECORDS_LOCK:
-        for state, pos, token, lp in zip(states, positions, tokens.tolist(), logprobs.tolist(), strict=True):
-            _RECORDS.setdefault(state.key, {})[pos] = (int(token), float(lp))
+        for state, token, lp in zip(states, tokens, logprobs, strict=True):
+            _RECORDS.setdefault(state.key, {})[len(state.output)] = (token, lp)
+            if state.budget is not None:
+                state.budget.advance(token)
     return logits
+
+
+def _decide(
+    logits: Any, order: list[int], states: list[_RowState], plans: list[Step]
+) -> tuple[list[int], list[float]]:
+    """Per row: the token and its logprob (sampled, or forced by the budget rule)."""
+    import torch
+
+    tokens = [plan.forced if plan.forced is not None else -1 for plan in plans]
+    logprobs = [0.0] * len(order)
+    forced = {k for k, plan in enumerate(plans) if plan.forced is not None}
+    sampled = [k for k in range(len(order)) if k not in forced]
+    if sampled:
+        picked = logits[torch.tensor([order[k] for k in sampled], device=logits.device)]
+        for j, k in enumerate(sampled):
+            if plans[k].suppress:
+                picked[j, sorted(plans[k].suppress)] = float("-inf")
+        chosen, chosen_lp = sample_step(
+            torch,
+            picked,
+            seeds=[states[k].seed for k in sampled],
+            sample_indices=[states[k].sample_index for k in sampled],
+            positions=[len(states[k].output) for k in sampled],
+            sampling=[states[k].sampling for k in sampled],
+        )
+        for k, token, lp in zip(sampled, chosen.tolist(), chosen_lp.tolist(), strict=True):
+            budget = states[k].budget
+            if budget is not None and int(token) in plans[k].watch:
+                tokens[k] = budget.start_wait()  # an early end of thinking: "Wait" instead
+                forced.add(k)
+            else:
+                tokens[k], logprobs[k] = int(token), float(lp)
+    if forced:
+        ordered = sorted(forced)
+        rows = logits[torch.tensor([order[k] for k in ordered], device=logits.device)]
+        values = forced_logprobs(rows, {j: tokens[k] for j, k in enumerate(ordered)})
+        for k, lp in zip(ordered, values, strict=True):
+            logprobs[k] = lp
+    return tokens, logprobs
 
 
 def processor_class() -> type:
@@ -130,12 +189,14 @@ def processor_class() -> type:
 
 class VllmEngine:
     verifiable = True
+    default_batch = DEFAULT_BATCH
 
     def __init__(self, llm: Any, model_name: str) -> None:
         self.llm = llm
         self.model_name = model_name
         self.tokenizer = llm.get_tokenizer()
         self.stops = stop_token_ids(self.tokenizer, None)
+        self.budget_tokens = BudgetTokenizer(self.tokenizer, self.stops)
         config = llm.llm_engine.model_config
         dtype = str(getattr(config, "dtype", "")).removeprefix("torch.")
         self.info = EngineInfo(name="vllm", version=package_version("vllm"), dtype=dtype[:32], device="cuda")
@@ -160,6 +221,25 @@ class VllmEngine:
     def close(self) -> None:
         self.llm = None
 
+    def max_batch(self, jobs: Sequence[JobSpec]) -> int:
+        return MAX_BATCH  # vLLM pages its KV cache within --gpu-memory-fraction and queues the rest
+
+    def unsupported(self, job: JobSpec) -> str | None:
+        return None
+
+    def _extra(self, job: JobSpec, key: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {"key": key, "sample_index": job.sample_index}
+        extra["sampling"] = job.sampling.model_dump()
+        if job.budget is not None:
+            tokens = self.budget_tokens(job.budget)
+            extra["budget"] = {
+                "rule": job.budget.model_dump(),
+                "think_end_ids": list(tokens.think_end),
+                "wait_ids": list(tokens.wait),
+                "stops": sorted(tokens.stops),
+            }
+        return {EXTRA_KEY: extra}
+
     def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
         if not jobs:
             return []
@@ -177,13 +257,7 @@ class VllmEngine:
                 max_tokens=job.sampling.max_tokens,
                 stop_token_ids=sorted(self.stops),
                 skip_special_tokens=True,
-                extra_args={
-                    EXTRA_KEY: {
-                        "key": key,
-                        "sample_index": job.sample_index,
-                        "sampling": job.sampling.model_dump(),
-                    }
-                },
+                extra_args=self._extra(job, key),
             )
             for job, key in zip(jobs, keys, strict=True)
         ]
@@ -196,6 +270,7 @@ class VllmEngine:
         token_ids = [int(t) for t in completion.token_ids]
         with _RECORDS_LOCK:
             records = _RECORDS.pop(key, {})
+            _BUDGETS.pop(key, None)
         logprobs = []
         for position, token in enumerate(token_ids):
             recorded = records.get(position)

@@ -1,0 +1,72 @@
+"""On a CUDA GPU (run through the device tool, never in CI): batches sized from free memory
+within --gpu-memory-fraction, and budget forcing that a validator re-derives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_random_tiny_model, make_job
+from test_worker_budget import PROBLEMS, rederive
+
+from shared.protocol import MAX_BATCH, BudgetForcing
+from worker.engines.hf import TransformersEngine, cap_gpu_memory
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+GIB = 1024**3
+
+
+def wide_model(tmp_path: Path) -> TransformersEngine:
+    """A random Qwen2 whose KV cache is large per token, so memory, not the ceiling, bounds batches."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    folder = build_random_tiny_model(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2048, num_hidden_layers=16,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    engine = TransformersEngine(model, tokenizer, "wide", "cuda")
+    engine.stops = set()  # random weights: no row may end early, every row uses its full budget
+    return engine
+
+
+def test_batches_fit_the_memory_cap(tmp_path: Path) -> None:
+    engine = wide_model(tmp_path)
+    total = torch.cuda.get_device_properties(0).total_memory
+    jobs = [make_job("wide", seed=s, max_tokens=1024, prompt="1+1") for s in range(MAX_BATCH)]
+    fraction = (torch.cuda.memory_allocated() + 2 * GIB) / total
+    engine.memory_fraction = fraction
+    cap_gpu_memory(fraction)
+    try:
+        rows = engine.max_batch(jobs)
+        engine.memory_fraction = (torch.cuda.memory_allocated() + 1 * GIB) / total
+        fewer = engine.max_batch(jobs)
+        engine.memory_fraction = fraction
+        assert 1 < fewer < rows < MAX_BATCH
+        torch.cuda.reset_peak_memory_stats()
+        generations = engine.generate(jobs[:rows])  # would raise CUDA out-of-memory past the cap
+        assert all(len(g.completion_token_ids) == 1024 for g in generations)
+        assert torch.cuda.max_memory_allocated() <= fraction * total
+    finally:
+        cap_gpu_memory(1.0)
+
+
+def test_budget_forcing_on_cuda_rederives_from_one_prefill(tiny_model: str) -> None:
+    engine = TransformersEngine.load(tiny_model, device="cuda", dtype="float32")
+    budgets = [
+        BudgetForcing(think_end="\\", min_thinking_tokens=60, max_waits=2),
+        BudgetForcing(think_end="\\boxed{", max_thinking_tokens=9),
+    ]
+    jobs = [
+        make_job(tiny_model, seed=70 + i, prompt=p, max_tokens=90, top_k=40).model_copy(update={"budget": b})
+        for b in budgets
+        for i, p in enumerate(PROBLEMS)
+    ]
+    for job, generation in zip(jobs, engine.generate(jobs), strict=True):
+        rederive(engine, job, generation)

@@ -1,0 +1,176 @@
+"""Leases the daemon holds, the local queue of leased jobs, and the heartbeat that keeps them.
+
+A lease is *held* from the moment it is granted until its result is acknowledged, it is given
+back (released), or the coordinator reports it lost. `LeaseBook.room()` is what the prefetcher
+may still lease under `--max-leases`, so the number held never exceeds the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from shared.protocol import MAX_BATCH, HeartbeatRequest, LeasedJob, ReleaseRequest
+from worker.client import CoordinatorClient
+
+log = logging.getLogger("flywheel.worker")
+MIN_HEARTBEAT_S = 0.2
+
+
+class LeaseBook:
+    """Held and lost lease ids; thread-safe. `on_room` runs whenever leases stop being held."""
+
+    def __init__(self, limit: int, on_room: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.on_room = on_room
+        self.peak = 0
+        self._held: set[uuid.UUID] = set()
+        self._lost: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
+
+    def room(self) -> int:
+        with self._lock:
+            return max(0, self.limit - len(self._held))
+
+    def held(self) -> list[uuid.UUID]:
+        with self._lock:
+            return sorted(self._held)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def add(self, lease_ids: Iterable[uuid.UUID]) -> None:
+        with self._lock:
+            self._held.update(lease_ids)
+            self.peak = max(self.peak, len(self._held))
+
+    def drop(self, lease_ids: Iterable[uuid.UUID]) -> None:
+        with self._lock:
+            before = len(self._held)
+            self._held.difference_update(lease_ids)
+            freed = len(self._held) < before
+        if freed:
+            self.on_room()
+
+    def mark_lost(self, lease_ids: Iterable[uuid.UUID]) -> None:
+        ids = set(lease_ids)
+        with self._lock:
+            self._lost.update(ids)
+        self.drop(ids)
+
+    def is_lost(self, lease_id: uuid.UUID) -> bool:
+        with self._lock:
+            return lease_id in self._lost
+
+
+@dataclass(frozen=True)
+class Queued:
+    job: LeasedJob
+    at: float  # time.monotonic() when it was leased
+
+
+class JobQueue:
+    """Leased jobs waiting for the engine, oldest first."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Queued] = deque()
+        self._ready = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._jobs)
+
+    def put(self, jobs: Iterable[LeasedJob]) -> None:
+        now = time.monotonic()
+        with self._ready:
+            self._jobs.extend(Queued(job, now) for job in jobs)
+            self._ready.notify_all()
+
+    def peek(self, n: int) -> list[LeasedJob]:
+        with self._ready:
+            return [self._jobs[i].job for i in range(min(n, len(self._jobs)))]
+
+    def wait(self, timeout: float) -> bool:
+        """True once a job is waiting; False after `timeout` without one."""
+        with self._ready:
+            if not self._jobs:
+                self._ready.wait(timeout)
+            return bool(self._jobs)
+
+    def take(self, n: int) -> list[Queued]:
+        """Up to `n` jobs, oldest first, without waiting."""
+        with self._ready:
+            return [self._jobs.popleft() for _ in range(min(n, len(self._jobs)))]
+
+    def drain(self) -> list[Queued]:
+        with self._ready:
+            jobs, self._jobs = list(self._jobs), deque()
+            return jobs
+
+    def wake(self) -> None:
+        with self._ready:
+            self._ready.notify_all()
+
+
+def give_back(client: CoordinatorClient, book: LeaseBook, lease_ids: list[uuid.UUID], why: str) -> int:
+    """Release leases so their jobs go back to the pool now, not at their deadline; returns how
+    many the coordinator took back. They stop being held either way: a lease the coordinator
+    did not take back expires there."""
+    if not lease_ids:
+        return 0
+    released = 0
+    try:
+        for start in range(0, len(lease_ids), MAX_BATCH):
+            response = client.release(ReleaseRequest(lease_ids=lease_ids[start : start + MAX_BATCH]))
+            if response is None:
+                log.info("%s: the coordinator cannot take leases back; %d will expire", why, len(lease_ids))
+                break
+            released += len(response.released)
+    except Exception as exc:  # giving back is a courtesy: failing it must not stop a shutdown
+        log.warning("%s: could not give back %d lease(s): %s", why, len(lease_ids), exc)
+    else:
+        if released:
+            log.info("%s: gave back %d lease(s)", why, released)
+    book.drop(lease_ids)
+    return released
+
+
+class Heartbeat:
+    """Background thread extending every held lease; marks the ones reported lost."""
+
+    def __init__(self, client: CoordinatorClient, book: LeaseBook, interval_s: float) -> None:
+        self.client = client
+        self.book = book
+        self.interval_s = interval_s
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flywheel-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._closed.wait(max(MIN_HEARTBEAT_S, self.interval_s)):
+            ids = self.book.held()
+            for start in range(0, len(ids), MAX_BATCH):
+                self._beat(ids[start : start + MAX_BATCH])
+
+    def _beat(self, ids: list[uuid.UUID]) -> None:
+        try:
+            response = self.client.heartbeat(HeartbeatRequest(lease_ids=ids))
+        except Exception as exc:  # a failed beat must never kill the thread; the next one may pass
+            log.warning("heartbeat failed: %s", exc)
+            return
+        if response.lost:
+            log.warning("%d lease(s) lost; their jobs are dropped", len(response.lost))
+            self.book.mark_lost(response.lost)

@@ -1,0 +1,128 @@
+"""Lease jobs ahead of the engine, so a batch is waiting whenever the one generating finishes.
+
+The prefetcher asks for as many jobs as fit under `--max-leases` (and what is left of the
+day's cap), only while the volunteer's controls allow leasing. It sleeps between attempts when
+there is no room or no job, and is woken early when room frees up or a control changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.protocol import LeasedJob, LeaseGrant, LeaseRequest
+from worker.client import CoordinatorClient
+from worker.controls import Controls
+from worker.engines.base import Engine
+from worker.errors import TransientError, WorkerError
+from worker.leases import Heartbeat, JobQueue, LeaseBook, give_back
+from worker.progress import Stats
+
+log = logging.getLogger("flywheel.worker")
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    model: str
+    max_jobs: int  # per lease request
+    poll_s: float  # wait after an empty grant or a failed request
+    once: bool  # lease once, then stop
+
+
+class Prefetcher:
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        engine: Engine,
+        parts: tuple[LeaseBook, JobQueue, Heartbeat, Controls, Stats],
+        policy: LeasePolicy,
+        pending: Callable[[], int],
+        on_fatal: Callable[[WorkerError], None],
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.book, self.queue, self.heartbeat, self.controls, self.stats = parts
+        self.policy = policy
+        self.pending = pending  # jobs leased and not yet generated (queued + generating)
+        self.on_fatal = on_fatal
+        self.wake = threading.Event()
+        self.empty_since: float | None = None  # since when every lease attempt came back empty
+        self.done = False  # --once: the one lease is made
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flywheel-prefetch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.client.retry.max_delay_s + 60)
+
+    def wanted(self) -> int:
+        """Jobs to ask for now: room under the lease cap and the day's cap; 0 while blocked."""
+        if self.controls.lease_block() is not None:
+            return 0
+        wanted = min(self.policy.max_jobs, self.book.room())
+        left = self.controls.jobs_left_today()
+        if left is not None:
+            wanted = min(wanted, left - self.pending())
+        return max(0, wanted)
+
+    def _run(self) -> None:
+        while not self._closing.is_set() and not self.done:
+            self.wake.clear()
+            wanted = self.wanted()
+            if wanted > 0:
+                grant = self._lease(wanted)
+                if grant is not None:
+                    self._accept(grant)
+                self.done = self.policy.once
+                if grant is not None and grant.jobs:
+                    continue
+            self.wake.wait(self.policy.poll_s)
+
+    def _lease(self, wanted: int) -> LeaseGrant | None:
+        try:
+            grant = self.client.lease(LeaseRequest(max_jobs=wanted, models=[self.policy.model]))
+        except TransientError as exc:
+            log.warning("cannot lease jobs: %s", exc)
+            self._note_empty()
+            return None
+        except WorkerError as exc:  # wrong token, banned, incompatible: retrying cannot help
+            self.on_fatal(exc)
+            self._closing.set()
+            return None
+        self.heartbeat.interval_s = grant.heartbeat_interval_s
+        return grant
+
+    def _note_empty(self) -> None:
+        if self.empty_since is None:
+            self.empty_since = time.monotonic()
+
+    def _accept(self, grant: LeaseGrant) -> None:
+        self.stats.leased += len(grant.jobs)
+        if not grant.jobs:
+            self._note_empty()
+            return
+        self.empty_since = None
+        self.book.add(job.lease_id for job in grant.jobs)
+        runnable = [job for job in grant.jobs if self._runnable(job)]
+        kept = {job.lease_id for job in runnable}
+        refused = [job.lease_id for job in grant.jobs if job.lease_id not in kept]
+        self.stats.released += give_back(self.client, self.book, refused, "jobs this worker cannot run")
+        self.queue.put(runnable)
+
+    def _runnable(self, job: LeasedJob) -> bool:
+        why = None
+        if job.spec.model.name != self.policy.model:
+            why = f"wants model {job.spec.model.name!r}, this worker serves {self.policy.model!r}"
+        else:
+            why = self.engine.unsupported(job.spec)
+        if why is not None:
+            log.warning("job %s %s; given back", job.spec.job_id, why)
+        return why is None
