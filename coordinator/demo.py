@@ -138,6 +138,8 @@ def _start_worker(url: str, token: str, name: str, folder: Path, batch: int) -> 
         str(batch),
         "--spool",
         str(folder / f"spool-{name}"),
+        "--state-dir",
+        str(folder / f"state-{name}"),
         "--exit-when-idle",
         "3",
         "--progress",

@@ -101,6 +101,8 @@ class Cluster:
             name,
             "--spool",
             str(self.folder / f"spool-{name}"),
+            "--state-dir",
+            str(self.folder / f"state-{name}"),
             "--progress",
             "plain",
             *extra,
