@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import errors
 from coordinator.campaigns.endpoints import router as campaigns_router
@@ -31,7 +35,16 @@ from coordinator.runtime import Runtime, build_runtime, set_runtime
 from coordinator.stats import collect_stats
 from coordinator.workers.endpoints import router as workers_router
 from shared import __version__
-from shared.protocol import API_PREFIX, PROTOCOL_HEADER, PROTOCOL_VERSION, ErrorBody, ErrorInfo, Routes, ServerInfo, Stats
+from shared.protocol import (
+    API_PREFIX,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    ErrorBody,
+    ErrorInfo,
+    Routes,
+    ServerInfo,
+    Stats,
+)
 
 log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
@@ -63,28 +76,55 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal error")
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+class _Guard:
+    """Size and protocol checks before any work; metrics and the protocol header on every response.
 
+    A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) runs every
+    request through a task group and memory streams, which costs more than a lease itself.
+    """
 
-def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Handler) -> Response:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.header = (PROTOCOL_HEADER.lower().encode(), str(PROTOCOL_VERSION).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
-            return error_response(413, "payload_too_large", f"requests are limited to {settings.max_request_bytes} bytes")
-        if request.headers.get("transfer-encoding", "").lower() == "chunked" and length is None:
+        refusal = self._refusal(Headers(scope=scope))
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        status = 500
+
+        async def send_stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_stamped)
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    def _refusal(self, headers: Headers) -> JSONResponse | None:
+        limit = self.settings.max_request_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error_response(413, "payload_too_large", f"requests are limited to {limit} bytes")
+        if headers.get("transfer-encoding", "").lower() == "chunked" and length is None:
             return error_response(411, "length_required", "send a Content-Length header")
-        version = request.headers.get(PROTOCOL_HEADER)
+        version = headers.get(PROTOCOL_HEADER)
         if version is not None and version != str(PROTOCOL_VERSION):
-            return error_response(426, "protocol_mismatch", f"this coordinator speaks protocol {PROTOCOL_VERSION}",
-                                  {"server": PROTOCOL_VERSION, "client": version})
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
-        return response
+            message = f"this coordinator speaks protocol {PROTOCOL_VERSION}"
+            details = {"server": PROTOCOL_VERSION, "client": version}
+            return error_response(426, "protocol_mismatch", message, details)
+        return None
 
 
 def _sweeper(runtime: Runtime, stop: threading.Event) -> None:
@@ -137,8 +177,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if settings.auto_migrate:
             migrate(settings)
         rt = runtime or build_runtime(settings)
+        # Each sync endpoint holds at most one connection, so threads beyond the pool would only queue
+        # for one, and make the pool open and close overflow connections all the time under load.
+        to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         app.state.runtime = rt
         set_runtime(rt)
+        # Start-up leaves ~10^5 long-lived objects (modules, mappers, wire models); freezing them keeps
+        # the cyclic garbage collector from walking all of them again on every full collection. Once
+        # per process: a later freeze would also pin whatever garbage exists by then.
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
         stop = threading.Event()
         sweeper = threading.Thread(target=_sweeper, args=(rt, stop), name="flywheel-sweeper", daemon=True)
         sweeper.start()
@@ -152,8 +200,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(title="Flywheel coordinator", version=__version__, lifespan=lifespan)
     _install_error_handlers(app)
-    _install_middleware(app, settings, metrics)
-    for router in (workers_router, jobs_router, results_router, problems_router, campaigns_router, datasets_router):
+    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    for router in (workers_router, jobs_router, results_router, problems_router, campaigns_router,
+                   datasets_router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(_meta_router(metrics))
     return app

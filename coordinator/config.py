@@ -29,13 +29,25 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     registration_open: bool = True
     auto_migrate: bool = Field(default=True, description="apply migrations when the API starts")
-    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    db_pool_size: int = Field(
+        default=20, ge=1, le=1000,
+        description="database connections per API process; also the size of its thread pool for endpoints",
+    )
+    auth_cache_s: float = Field(
+        default=60.0, ge=0, le=3_600,
+        description="remember a token's holder this long per API process (0: look it up on every request); "
+        "a ban reaches other API processes within this time",
+    )
+    last_seen_every_s: float = Field(
+        default=30.0, ge=0, le=3_600, description="resolution of a worker's last_seen_at (0: every request)"
+    )
     inprocess_task_threads: int = Field(default=2, ge=1, le=64)
     requeue_pending_after_s: float = Field(
         default=120.0, ge=1, description="re-enqueue verification of traces still pending this long"
     )
     verify_queue: str = "verify"
     default_queue: str = "default"
+    train_queue: str = "train"
 
     @property
     def sqlite_path(self) -> Path | None:

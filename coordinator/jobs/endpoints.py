@@ -1,19 +1,28 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from coordinator.deps import RuntimeDep, SessionDep, VolunteerDep
+from coordinator.db import transaction
+from coordinator.deps import FastJSONRoute, RuntimeDep, VolunteerDep, wire
 from coordinator.jobs import service
 from shared.protocol import HeartbeatRequest, HeartbeatResponse, LeaseGrant, LeaseRequest, Routes
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=FastJSONRoute)
+
+# Workers call these all at once, so the transaction lives inside the endpoint: its connection goes
+# back to the pool before FastAPI validates the response in the shared thread pool. A session
+# dependency would hold it until then, and under load the threads waiting for a connection and the
+# finished requests waiting for a thread deadlock each other.
 
 
 @router.post(Routes.lease, response_model=LeaseGrant)
-def lease(body: LeaseRequest, session: SessionDep, who: VolunteerDep, rt: RuntimeDep) -> LeaseGrant:
-    return service.lease(session, who, body, rt.settings)
+def lease(body: LeaseRequest, who: VolunteerDep, rt: RuntimeDep) -> Response:
+    with transaction(rt.sessions) as session:
+        grant = service.lease(session, who, body, rt.settings)
+    return wire(grant)
 
 
 @router.post(Routes.heartbeat, response_model=HeartbeatResponse)
-def heartbeat(body: HeartbeatRequest, session: SessionDep, who: VolunteerDep, rt: RuntimeDep) -> HeartbeatResponse:
-    return service.heartbeat(session, who, body, rt.settings)
+def heartbeat(body: HeartbeatRequest, who: VolunteerDep, rt: RuntimeDep) -> HeartbeatResponse:
+    with transaction(rt.sessions) as session:
+        return service.heartbeat(session, who, body, rt.settings)

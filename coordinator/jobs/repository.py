@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
+from coordinator.db import one_of
 from coordinator.jobs.models import DONE, LEASED, QUEUED, SUBMITTED, Job
 from coordinator.problems.models import Problem
 
@@ -28,48 +29,80 @@ def insert_jobs(session: Session, rows: Iterable[dict[str, Any]], chunk: int = 2
     return total
 
 
-def running_campaigns(session: Session, models: Sequence[str]) -> Sequence[uuid.UUID]:
-    query = select(Campaign.id).where(Campaign.status == "running").order_by(Campaign.created_at)
-    if models:
-        query = query.where(Campaign.model_name.in_(models))
-    return session.scalars(query).all()
+# The hot paths (lease, submit) use Core statements on the tables: the same SQL as the ORM forms
+# without the ORM's per-statement compile and row-loading work, which dominated their CPU time.
+JOBS = cast(Table, Job.__table__)
+CAMPAIGNS = cast(Table, Campaign.__table__)
+PROBLEMS = cast(Table, Problem.__table__)
+
+# A row of a multi-column SELECT (any number of columns, read by name).
+JobRow = Row[*tuple[Any, ...]]
 
 
 def in_flight(session: Session, worker_id: uuid.UUID, now: datetime) -> int:
-    query = select(func.count()).where(
-        Job.worker_id == worker_id, Job.status == LEASED, Job.lease_deadline > now
+    j = JOBS.c
+    query = select(func.count()).select_from(JOBS).where(
+        j.worker_id == worker_id, j.status == LEASED, j.lease_deadline > now
     )
-    return int(session.scalar(query) or 0)
+    return int(session.execute(query).scalar() or 0)
 
 
 def claim(
-    session: Session, campaign_ids: Sequence[uuid.UUID], limit: int, now: datetime, skip_locked: bool
-) -> list[Job]:
-    """Lock up to `limit` leasable jobs: queued ones, or leased ones whose deadline passed.
+    session: Session, models: Sequence[str], limit: int, now: datetime, skip_locked: bool
+) -> Sequence[JobRow]:
+    """Lock up to `limit` leasable jobs of running campaigns: queued ones, or leased ones whose
+    deadline passed.
 
-    On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent leases pass each other instead of
-    queueing on the same rows; on SQLite the whole transaction already holds the write lock.
+    On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent leases pass each other instead of queueing
+    on the same rows; on SQLite the whole transaction already holds the write lock. The locking scan
+    reads jobs alone (campaigns only through a small semi-join); what the specs need is fetched by
+    primary key afterwards (`spec_parts`). No ORDER BY: with stale planner statistics (a campaign
+    just inserted) PostgreSQL answered it by sorting every queued job, on every lease.
     """
-    leasable = or_(Job.status == QUEUED, and_(Job.status == LEASED, Job.lease_deadline < now))
-    query = select(Job).where(Job.campaign_id.in_(campaign_ids), leasable).limit(limit)
+    j, c = JOBS.c, CAMPAIGNS.c
+    running = select(c.id).where(c.status == "running")
+    if models:
+        running = running.where(one_of(session, c.model_name, models))
+    leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))
+    query = (
+        select(j.id, j.campaign_id, j.problem_id, j.sample_index, j.seed)
+        .where(j.campaign_id.in_(running.scalar_subquery()), leasable)
+        .limit(limit)
+    )
     if skip_locked:
         query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query).all())
+    return session.execute(query).all()
 
 
-def mark_leased(session: Session, assignments: list[dict[str, Any]]) -> None:
-    # ORM bulk UPDATE by primary key: one executemany round trip for the whole batch.
-    session.execute(update(Job), assignments)
+def spec_parts(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobRow]:
+    """job id -> what its job spec needs from its problem and campaign (primary-key lookups)."""
+    j, c, p = JOBS.c, CAMPAIGNS.c, PROBLEMS.c
+    query = (
+        select(j.id, p.external_id, p.prompt, p.system, c.model_name, c.model_revision, c.sampling,
+               c.samples_per_problem)
+        .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id).join(PROBLEMS, p.id == j.problem_id))
+        .where(one_of(session, j.id, job_ids))
+    )
+    return {row.id: row for row in session.execute(query)}
 
 
-def problems_for(session: Session, problem_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Problem]:
-    rows = session.scalars(select(Problem).where(Problem.id.in_(set(problem_ids)))).all()
-    return {row.id: row for row in rows}
+_MARK_LEASED = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"))
+    .values(status=LEASED, lease_id=bindparam("new_lease_id"), worker_id=bindparam("new_worker_id"),
+            lease_deadline=bindparam("new_deadline"), attempts=JOBS.c.attempts + 1)
+)
 
 
-def campaigns_for(session: Session, campaign_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Campaign]:
-    rows = session.scalars(select(Campaign).where(Campaign.id.in_(set(campaign_ids)))).all()
-    return {row.id: row for row in rows}
+def mark_leased(
+    session: Session, job_ids: Sequence[uuid.UUID], lease_ids: Sequence[uuid.UUID], worker_id: uuid.UUID,
+    deadline: datetime,
+) -> None:
+    # One executemany (a single pipelined round trip on psycopg) for the whole batch.
+    session.execute(_MARK_LEASED, [
+        {"job_id": job, "new_lease_id": lease, "new_worker_id": worker_id, "new_deadline": deadline}
+        for job, lease in zip(job_ids, lease_ids, strict=True)
+    ])
 
 
 def extend(
@@ -85,15 +118,22 @@ def extend(
     return [row for row in session.scalars(query) if row is not None]
 
 
-def lock_for_submit(session: Session, lease_ids: Sequence[uuid.UUID], skip_locked: bool) -> dict[uuid.UUID, Job]:
-    query = select(Job).where(Job.lease_id.in_(lease_ids))
-    if skip_locked:
-        query = query.with_for_update()
-    return {job.lease_id: job for job in session.scalars(query) if job.lease_id is not None}
+def lock_for_submit(session: Session, lease_ids: Sequence[uuid.UUID], lock: bool) -> dict[uuid.UUID, JobRow]:
+    """The jobs behind these leases (locked on PostgreSQL), with their campaign's max_tokens."""
+    j, c = JOBS.c, CAMPAIGNS.c
+    max_tokens = c.sampling["max_tokens"].as_integer().label("max_tokens")
+    query = (
+        select(j.id, j.lease_id, j.worker_id, j.status, j.campaign_id, max_tokens)
+        .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id))
+        .where(one_of(session, j.lease_id, lease_ids))
+    )
+    if lock:
+        query = query.with_for_update(of=JOBS)
+    return {row.lease_id: row for row in session.execute(query)}
 
 
 def set_status(session: Session, job_ids: Sequence[uuid.UUID], status: str) -> None:
-    session.execute(update(Job).where(Job.id.in_(job_ids)).values(status=status))
+    session.execute(update(JOBS).where(one_of(session, JOBS.c.id, job_ids)).values(status=status))
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
@@ -10,7 +11,6 @@ from sqlalchemy.orm import Session
 from coordinator.config import Settings
 from coordinator.db import utcnow
 from coordinator.jobs import repository
-from coordinator.jobs.models import LEASED, Job
 from coordinator.workers import service as workers
 from shared.protocol import (
     ChatMessage,
@@ -30,54 +30,46 @@ def lease(
 ) -> LeaseGrant:
     now = utcnow()
     deadline = now + timedelta(seconds=settings.lease_ttl_s)
-    workers.seen(session, principal.worker_id)
+    workers.seen(session, principal.worker_id, settings.last_seen_every_s)
     room = settings.max_in_flight_per_worker - repository.in_flight(session, principal.worker_id, now)
-    campaign_ids = repository.running_campaigns(session, request.models)
-    jobs: list[Job] = []
-    if room > 0 and campaign_ids:
+    rows: Sequence[repository.JobRow] = []
+    if room > 0:
         limit = min(request.max_jobs, room)
-        jobs = repository.claim(session, campaign_ids, limit, now, skip_locked=not settings.is_sqlite)
-    assignments = [
-        {
-            "id": job.id,
-            "status": LEASED,
-            "lease_id": uuid.uuid4(),
-            "worker_id": principal.worker_id,
-            "lease_deadline": deadline,
-            "attempts": job.attempts + 1,
-        }
-        for job in jobs
-    ]
-    if assignments:
-        repository.mark_leased(session, assignments)
+        rows = repository.claim(session, request.models, limit, now, skip_locked=not settings.is_sqlite)
+    lease_ids = [uuid.uuid4() for _ in rows]
+    if rows:
+        repository.mark_leased(session, [row.id for row in rows], lease_ids, principal.worker_id, deadline)
     leased = [
-        LeasedJob(lease_id=a["lease_id"], deadline=deadline, spec=spec)
-        for a, spec in zip(assignments, _specs(session, jobs), strict=True)
+        LeasedJob(lease_id=lease_id, deadline=deadline, spec=spec)
+        for lease_id, spec in zip(lease_ids, _specs(session, rows), strict=True)
     ]
     return LeaseGrant(
         jobs=leased, heartbeat_interval_s=settings.heartbeat_interval_s, lease_ttl_s=settings.lease_ttl_s
     )
 
 
-def _specs(session: Session, jobs: list[Job]) -> list[JobSpec]:
-    problems = repository.problems_for(session, (job.problem_id for job in jobs))
-    campaigns = repository.campaigns_for(session, (job.campaign_id for job in jobs))
+def _specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSpec]:
+    parts = repository.spec_parts(session, [row.id for row in rows]) if rows else {}
+    models: dict[uuid.UUID, ModelRef] = {}  # built once per campaign in the batch
     specs = []
-    for job in jobs:
-        problem, campaign = problems[job.problem_id], campaigns[job.campaign_id]
-        messages = [ChatMessage(role="user", content=problem.prompt)]
-        if problem.system:
-            messages.insert(0, ChatMessage(role="system", content=problem.system))
+    for row in rows:
+        part = parts[row.id]
+        model = models.get(row.campaign_id)
+        if model is None:
+            model = models[row.campaign_id] = ModelRef(name=part.model_name, revision=part.model_revision)
+        messages = [ChatMessage(role="user", content=part.prompt)]
+        if part.system:
+            messages.insert(0, ChatMessage(role="system", content=part.system))
         specs.append(
             JobSpec(
-                job_id=job.id,
-                campaign_id=campaign.id,
-                problem_id=problem.external_id,
+                job_id=row.id,
+                campaign_id=row.campaign_id,
+                problem_id=part.external_id,
                 messages=messages,
-                model=ModelRef(name=campaign.model_name, revision=campaign.model_revision),
-                sampling=SamplingParams.model_validate({**campaign.sampling, "seed": job.seed}),
-                sample_index=job.sample_index,
-                samples_per_problem=campaign.samples_per_problem,
+                model=model,
+                sampling=SamplingParams.model_validate({**part.sampling, "seed": row.seed}),
+                sample_index=row.sample_index,
+                samples_per_problem=part.samples_per_problem,
             )
         )
     return specs
@@ -88,7 +80,7 @@ def heartbeat(
 ) -> HeartbeatResponse:
     deadline = utcnow() + timedelta(seconds=settings.lease_ttl_s)
     extended = repository.extend(session, principal.worker_id, request.lease_ids, deadline)
-    workers.seen(session, principal.worker_id)
+    workers.seen(session, principal.worker_id, settings.last_seen_every_s)
     kept = set(extended)
     return HeartbeatResponse(
         extended=dict.fromkeys(extended, deadline),

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from coordinator.db import utcnow
 from coordinator.jobs import repository as jobs_repository
-from coordinator.jobs.models import DONE, LEASED, SUBMITTED, Job
+from coordinator.jobs.models import DONE, LEASED, SUBMITTED
 from coordinator.results import repository
 from coordinator.results.models import ACCEPTED, PENDING, REJECTED, Trace
 from coordinator.workers import repository as workers_repository
-from coordinator.workers.service import Principal
+from coordinator.workers.service import Principal, credit_submissions, seen
 from shared.protocol import (
     Ack,
     AckStatus,
@@ -46,55 +46,59 @@ def trace_problem(result: TraceSubmission, max_tokens: int) -> str | None:
 
 
 class _Batch:
-    """State shared while one submission request is processed in one transaction."""
+    """State shared while one submission request is processed in one transaction.
+
+    Jobs are read as plain rows and their new status is kept here, then written with one UPDATE:
+    no ORM objects are loaded or flushed on this hot path.
+    """
 
     def __init__(self, session: Session, principal: Principal, request: SubmitRequest, lock: bool) -> None:
         results = request.results
-        self.session = session
         self.principal = principal
-        self.attempts = repository.existing_attempts(session, [r.attempt_id for r in results])
+        self.owners = repository.attempt_owners(session, [r.attempt_id for r in results])
         self.jobs = jobs_repository.lock_for_submit(session, [r.lease_id for r in results], lock)
-        self.traces = repository.traces_for_jobs(session, [job.id for job in self.jobs.values()])
-        campaign_ids = {job.campaign_id for job in self.jobs.values()}
-        self.campaigns = jobs_repository.campaigns_for(session, campaign_ids)
+        self.status = {job.id: job.status for job in self.jobs.values()}
+        finished = [job.id for job in self.jobs.values() if job.status in (SUBMITTED, DONE)]
+        self.stored_leases = repository.lease_of_jobs(session, finished) if finished else {}
         self.new_rows: list[dict[str, Any]] = []
         self.seen: set[uuid.UUID] = set()
         self.requeue: list[uuid.UUID] = []
 
     def handle(self, result: TraceSubmission) -> Ack:
-        previous = self.attempts.get(result.attempt_id)
-        if previous is not None or result.attempt_id in self.seen:
-            if previous is not None and previous.worker_id != self.principal.worker_id:
+        owner = self.owners.get(result.attempt_id)
+        if owner is not None or result.attempt_id in self.seen:
+            if owner is not None and owner != self.principal.worker_id:
                 return _ack(result, AckStatus.rejected, "attempt id belongs to another worker")
             return _ack(result, AckStatus.duplicate)
         job = self.jobs.get(result.lease_id)
         if job is None or job.worker_id != self.principal.worker_id:
-            return _ack(result, AckStatus.rejected, "no such lease for this worker (expired and re-assigned?)")
+            reason = "no such lease for this worker (expired and re-assigned?)"
+            return _ack(result, AckStatus.rejected, reason)
         if job.id != result.job_id:
             return _ack(result, AckStatus.rejected, "the lease belongs to another job")
-        if job.status in (SUBMITTED, DONE):
-            stored = self.traces.get(job.id)
-            same = stored is not None and stored.lease_id == result.lease_id
-            return _ack(result, AckStatus.duplicate if same else AckStatus.rejected, None if same else "job done")
-        if job.status != LEASED:
+        status = self.status[job.id]
+        if status in (SUBMITTED, DONE):
+            if self.stored_leases.get(job.id) == result.lease_id:
+                return _ack(result, AckStatus.duplicate)
+            return _ack(result, AckStatus.rejected, "job done")
+        if status != LEASED:
             return _ack(result, AckStatus.rejected, "the lease was lost")
         return self._store(job, result)
 
-    def _store(self, job: Job, result: TraceSubmission) -> Ack:
+    def _store(self, job: jobs_repository.JobRow, result: TraceSubmission) -> Ack:
         if result.finish_reason == FinishReason.error:
             self.requeue.append(job.id)  # the worker gave up: hand the job to someone else now
             return _ack(result, AckStatus.rejected, "generation error reported; job returned to the pool")
-        max_tokens = int(self.campaigns[job.campaign_id].sampling.get("max_tokens", 0))
-        problem = trace_problem(result, max_tokens)
+        problem = trace_problem(result, int(job.max_tokens or 0))
         if problem is not None:
             return _ack(result, AckStatus.rejected, problem)
         self.seen.add(result.attempt_id)
-        job.status = SUBMITTED
+        self.status[job.id] = SUBMITTED
         self.new_rows.append(_trace_row(job, result, self.principal.worker_id))
         return _ack(result, AckStatus.accepted)
 
 
-def _trace_row(job: Job, result: TraceSubmission, worker_id: uuid.UUID) -> dict[str, Any]:
+def _trace_row(job: jobs_repository.JobRow, result: TraceSubmission, worker_id: uuid.UUID) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "job_id": job.id,
@@ -117,7 +121,7 @@ def _trace_row(job: Job, result: TraceSubmission, worker_id: uuid.UUID) -> dict[
 
 
 def submit(
-    session: Session, principal: Principal, request: SubmitRequest, lock: bool
+    session: Session, principal: Principal, request: SubmitRequest, lock: bool, seen_every_s: float = 0.0
 ) -> tuple[SubmitResponse, list[uuid.UUID]]:
     """Store what is valid; returns the acks and the ids of the traces to verify after commit."""
     batch = _Batch(session, principal, request, lock)
@@ -126,8 +130,10 @@ def submit(
     if batch.requeue:
         jobs_repository.release(session, batch.requeue)
     if batch.new_rows:
-        workers_repository.add_counts(session, principal.worker_id, submitted=len(batch.new_rows))
-    workers_repository.touch(session, principal.worker_id, utcnow())
+        jobs_repository.set_status(session, [row["job_id"] for row in batch.new_rows], SUBMITTED)
+        credit_submissions(session, principal.worker_id, len(batch.new_rows), seen_every_s)
+    else:
+        seen(session, principal.worker_id, seen_every_s)
     return SubmitResponse(acks=acks), [row["id"] for row in batch.new_rows]
 
 

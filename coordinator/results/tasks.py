@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 from coordinator.db import transaction, utcnow
@@ -11,7 +12,10 @@ from coordinator.results import repository, service
 from coordinator.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
-VERIFY_TASK = "coordinator.results.tasks.verify_trace"
+VERIFY_TASK = "coordinator.results.tasks.verify_traces"
+# Traces per verification task: one task per submitted batch, not one per trace, because creating
+# and enqueueing a task costs the API more than storing the trace does.
+VERIFY_CHUNK = 16
 
 
 def verify_trace(trace_id: str) -> None:
@@ -30,9 +34,25 @@ def verify_trace(trace_id: str) -> None:
         service.record_verdict(session, tid, verdict, lock=not runtime.settings.is_sqlite)
 
 
-def enqueue_verification(runtime: Runtime, trace_ids: list[uuid.UUID]) -> None:
+def verify_traces(trace_ids: list[str]) -> None:
+    """`verify_trace` for each id. One failure does not stop the others; the task still fails at the
+    end, so the task runner records it, and the sweeper retries the traces left pending."""
+    failed = 0
     for trace_id in trace_ids:
-        runtime.queue.enqueue(VERIFY_TASK, str(trace_id), queue=runtime.settings.verify_queue)
+        try:
+            verify_trace(trace_id)
+        except Exception:
+            failed += 1
+            log.exception("verification of trace %s failed", trace_id)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(trace_ids)} verifications failed")
+
+
+def enqueue_verification(runtime: Runtime, trace_ids: Sequence[uuid.UUID]) -> None:
+    ids = [str(trace_id) for trace_id in trace_ids]
+    for start in range(0, len(ids), VERIFY_CHUNK):
+        chunk = ids[start : start + VERIFY_CHUNK]
+        runtime.queue.enqueue(VERIFY_TASK, chunk, queue=runtime.settings.verify_queue)
 
 
 def requeue_pending(runtime: Runtime, older_than_s: float, limit: int = 10_000) -> int:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -37,7 +40,9 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def create(session: Session, name: str, scope: Scope, request: RegisterRequest | None = None) -> tuple[Worker, str]:
+def create(
+    session: Session, name: str, scope: Scope, request: RegisterRequest | None = None
+) -> tuple[Worker, str]:
     """Create a token holder; the plain token is returned once and only its hash is kept."""
     token = new_token()
     worker = Worker(id=uuid.uuid4(), name=name, scope=scope.value, token_hash=hash_token(token))
@@ -60,6 +65,62 @@ def authenticate(session: Session, token: str | None) -> Principal:
     return Principal(worker_id=worker.id, scope=Scope(worker.scope), name=worker.name)
 
 
+class _Recent:
+    """A small per-process memo with expiry, safe to share between the API's threads.
+
+    It holds at most `capacity` entries and forgets everything when full: the hot set (workers active
+    right now) refills it within one lease round, and no bookkeeping runs on the hot path.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._items: dict[object, tuple[float, object]] = {}
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> object | None:
+        item = self._items.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, key: object, value: object, ttl_s: float) -> None:
+        with self._lock:
+            if len(self._items) >= self._capacity:
+                self._items.clear()
+            self._items[key] = (time.monotonic() + ttl_s, value)
+
+    def drop(self, predicate: Callable[[object], bool]) -> None:
+        with self._lock:
+            for key in [k for k, (_, v) in self._items.items() if predicate(v)]:
+                del self._items[key]
+
+
+# Token hash -> Principal. Every lease and submission authenticates; looking the token up each time
+# costs a pool checkout and a transaction, and a token's holder changes only by a ban.
+_principals = _Recent()
+# Worker id -> True while its last_seen_at is fresh enough not to be written again.
+_seen = _Recent()
+
+
+def remembered(token: str | None, ttl_s: float) -> Principal | None:
+    """The holder of `token` if this process looked it up less than `ttl_s` ago; no database access."""
+    if not token or ttl_s <= 0:
+        return None
+    cached = _principals.get(hash_token(token))
+    return cached if isinstance(cached, Principal) else None
+
+
+def authenticate_and_remember(
+    sessions: Callable[[], AbstractContextManager[Session]], token: str | None, ttl_s: float
+) -> Principal:
+    """`authenticate` in a transaction of its own; the holder is remembered for `ttl_s`."""
+    with sessions() as session:
+        principal = authenticate(session, token)
+    if token and ttl_s > 0:
+        _principals.put(hash_token(token), principal, ttl_s)
+    return principal
+
+
 def require(principal: Principal, *scopes: Scope) -> None:
     # Operators may do anything a researcher may; volunteers only work.
     allowed = set(scopes) | ({Scope.operator} if Scope.researcher in scopes else set())
@@ -75,11 +136,26 @@ def set_banned(session: Session, worker_id: uuid.UUID, banned: bool) -> Worker:
     if worker is None:
         raise NotFound(f"no worker {worker_id}")
     worker.banned = banned
+    # Takes effect at once in this process; other API processes forget the holder within auth_cache_s.
+    _principals.drop(lambda p: isinstance(p, Principal) and p.worker_id == worker_id)
     return worker
 
 
-def seen(session: Session, worker_id: uuid.UUID) -> None:
+def seen(session: Session, worker_id: uuid.UUID, every_s: float = 0.0) -> None:
+    """Record activity, at most once per `every_s` per worker and process: an UPDATE per request
+    on the workers table would serialise a worker's concurrent requests for a timestamp."""
+    if every_s > 0 and _seen.get(worker_id) is not None:
+        return
     repository.touch(session, worker_id, utcnow())
+    if every_s > 0:
+        _seen.put(worker_id, True, every_s)
+
+
+def credit_submissions(session: Session, worker_id: uuid.UUID, submitted: int, every_s: float = 0.0) -> None:
+    """Count stored traces; refreshes last_seen_at in the same UPDATE, so `seen` is not needed too."""
+    repository.add_counts(session, worker_id, submitted=submitted, seen_at=utcnow())
+    if every_s > 0:
+        _seen.put(worker_id, True, every_s)
 
 
 def list_workers(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Worker]:

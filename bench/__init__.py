@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of Flywheel; each prints ratios measured side by side in one run."""
