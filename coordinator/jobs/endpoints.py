@@ -5,7 +5,15 @@ from fastapi import APIRouter, Response
 from coordinator.db import transaction
 from coordinator.deps import FastJSONRoute, RuntimeDep, VolunteerDep, wire
 from coordinator.jobs import service
-from shared.protocol import HeartbeatRequest, HeartbeatResponse, LeaseGrant, LeaseRequest, Routes
+from shared.protocol import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    LeaseGrant,
+    LeaseRequest,
+    ReleaseRequest,
+    ReleaseResponse,
+    Routes,
+)
 
 router = APIRouter(tags=["jobs"], route_class=FastJSONRoute)
 
@@ -26,3 +34,9 @@ def lease(body: LeaseRequest, who: VolunteerDep, rt: RuntimeDep) -> Response:
 def heartbeat(body: HeartbeatRequest, who: VolunteerDep, rt: RuntimeDep) -> HeartbeatResponse:
     with transaction(rt.sessions) as session:
         return service.heartbeat(session, who, body, rt.settings)
+
+
+@router.post(Routes.release, response_model=ReleaseResponse)
+def release(body: ReleaseRequest, who: VolunteerDep, rt: RuntimeDep) -> ReleaseResponse:
+    with transaction(rt.sessions) as session:
+        return service.release(session, who, body)

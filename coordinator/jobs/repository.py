@@ -41,8 +41,10 @@ JobRow = Row[*tuple[Any, ...]]
 
 def in_flight(session: Session, worker_id: uuid.UUID, now: datetime) -> int:
     j = JOBS.c
-    query = select(func.count()).select_from(JOBS).where(
-        j.worker_id == worker_id, j.status == LEASED, j.lease_deadline > now
+    query = (
+        select(func.count())
+        .select_from(JOBS)
+        .where(j.worker_id == worker_id, j.status == LEASED, j.lease_deadline > now)
     )
     return int(session.execute(query).scalar() or 0)
 
@@ -78,8 +80,17 @@ def spec_parts(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
     """job id -> what its job spec needs from its problem and campaign (primary-key lookups)."""
     j, c, p = JOBS.c, CAMPAIGNS.c, PROBLEMS.c
     query = (
-        select(j.id, p.external_id, p.prompt, p.system, c.model_name, c.model_revision, c.sampling,
-               c.samples_per_problem)
+        select(
+            j.id,
+            p.external_id,
+            p.prompt,
+            p.system,
+            c.model_name,
+            c.model_revision,
+            c.sampling,
+            c.samples_per_problem,
+            c.budget,
+        )
         .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id).join(PROBLEMS, p.id == j.problem_id))
         .where(one_of(session, j.id, job_ids))
     )
@@ -89,20 +100,31 @@ def spec_parts(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
 _MARK_LEASED = (
     update(JOBS)
     .where(JOBS.c.id == bindparam("job_id"))
-    .values(status=LEASED, lease_id=bindparam("new_lease_id"), worker_id=bindparam("new_worker_id"),
-            lease_deadline=bindparam("new_deadline"), attempts=JOBS.c.attempts + 1)
+    .values(
+        status=LEASED,
+        lease_id=bindparam("new_lease_id"),
+        worker_id=bindparam("new_worker_id"),
+        lease_deadline=bindparam("new_deadline"),
+        attempts=JOBS.c.attempts + 1,
+    )
 )
 
 
 def mark_leased(
-    session: Session, job_ids: Sequence[uuid.UUID], lease_ids: Sequence[uuid.UUID], worker_id: uuid.UUID,
+    session: Session,
+    job_ids: Sequence[uuid.UUID],
+    lease_ids: Sequence[uuid.UUID],
+    worker_id: uuid.UUID,
     deadline: datetime,
 ) -> None:
     # One executemany (a single pipelined round trip on psycopg) for the whole batch.
-    session.execute(_MARK_LEASED, [
-        {"job_id": job, "new_lease_id": lease, "new_worker_id": worker_id, "new_deadline": deadline}
-        for job, lease in zip(job_ids, lease_ids, strict=True)
-    ])
+    session.execute(
+        _MARK_LEASED,
+        [
+            {"job_id": job, "new_lease_id": lease, "new_worker_id": worker_id, "new_deadline": deadline}
+            for job, lease in zip(job_ids, lease_ids, strict=True)
+        ],
+    )
 
 
 def extend(
@@ -156,3 +178,18 @@ def release(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
 def in_flight_any(session: Session, worker_id: uuid.UUID) -> int:
     query = select(func.count()).where(Job.worker_id == worker_id, Job.status == LEASED)
     return int(session.scalar(query) or 0)
+
+
+def release_held(session: Session, worker_id: uuid.UUID, lease_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Return the caller's live leases to the pool; leases it does not hold are left alone."""
+    held = select(Job.lease_id).where(
+        Job.lease_id.in_(lease_ids), Job.worker_id == worker_id, Job.status == LEASED
+    )
+    released = [lease_id for lease_id in session.scalars(held.with_for_update()) if lease_id is not None]
+    if released:
+        session.execute(
+            update(Job)
+            .where(Job.lease_id.in_(released))
+            .values(status=QUEUED, lease_id=None, worker_id=None, lease_deadline=None)
+        )
+    return released

@@ -13,6 +13,7 @@ from coordinator.db import utcnow
 from coordinator.jobs import repository
 from coordinator.workers import service as workers
 from shared.protocol import (
+    BudgetForcing,
     ChatMessage,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -21,6 +22,8 @@ from shared.protocol import (
     LeaseGrant,
     LeaseRequest,
     ModelRef,
+    ReleaseRequest,
+    ReleaseResponse,
     SamplingParams,
 )
 
@@ -70,6 +73,7 @@ def _specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSpec]
                 sampling=SamplingParams.model_validate({**part.sampling, "seed": row.seed}),
                 sample_index=row.sample_index,
                 samples_per_problem=part.samples_per_problem,
+                budget=BudgetForcing.model_validate(part.budget) if part.budget else None,
             )
         )
     return specs
@@ -86,3 +90,8 @@ def heartbeat(
         extended=dict.fromkeys(extended, deadline),
         lost=[lease_id for lease_id in request.lease_ids if lease_id not in kept],
     )
+
+
+def release(session: Session, principal: workers.Principal, request: ReleaseRequest) -> ReleaseResponse:
+    """A worker gives back leases it will not finish (shutting down, pausing)."""
+    return ReleaseResponse(released=repository.release_held(session, principal.worker_id, request.lease_ids))

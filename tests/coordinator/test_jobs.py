@@ -116,3 +116,35 @@ def test_concurrent_leases_never_share_a_job(api: Api) -> None:
         thread.join()
     assert not errors
     assert len(leased) == len(set(leased)) == 60
+
+
+def test_release_returns_only_the_callers_leases(api: Api) -> None:
+    campaign = make_campaign(api, problems=3, samples=1)
+    a, b = api.volunteer("a"), api.volunteer("b")
+    jobs = api.client.post("/v1/leases", json={"max_jobs": 3}, headers=a).json()["jobs"]
+    ids = [j["lease_id"] for j in jobs]
+    stolen = api.client.post("/v1/leases/release", json={"lease_ids": ids}, headers=b).json()
+    assert stolen["released"] == []
+    mine = api.client.post("/v1/leases/release", json={"lease_ids": ids[:2]}, headers=a).json()
+    assert sorted(mine["released"]) == sorted(ids[:2])
+    assert progress(api, campaign["id"])["progress"]["queued"] == 2
+    again = api.client.post("/v1/leases", json={"max_jobs": 3}, headers=b).json()["jobs"]
+    assert len(again) == 2 and not {j["lease_id"] for j in again} & set(ids)
+
+
+def test_budget_forcing_travels_in_the_job_spec(api: Api) -> None:
+    name = "budget-set"
+    r = api.client.post(
+        "/v1/problem-sets", json={"name": name, "source": "arithmetic", "limit": 1}, headers=api.operator
+    )
+    budget = {"min_thinking_tokens": 4, "max_thinking_tokens": 40, "max_waits": 2, "think_end": "\\boxed{"}
+    body = {
+        "name": "budget",
+        "problem_set_id": r.json()["id"],
+        "model": {"name": "flywheel/tiny-arith"},
+        "budget": budget,
+    }
+    assert api.client.post("/v1/campaigns", json=body, headers=api.operator).status_code == 201
+    job = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=api.volunteer()).json()["jobs"][0]
+    assert job["spec"]["budget"]["max_thinking_tokens"] == 40
+    assert job["spec"]["budget"]["think_end"] == "\\boxed{"
