@@ -28,11 +28,16 @@ from coordinator.deps import OperatorDep, SessionDep
 from coordinator.jobs import repository as jobs_repository
 from coordinator.jobs.endpoints import router as jobs_router
 from coordinator.metrics import Metrics
+from coordinator.pipeline.endpoints import router as pipeline_router
+from coordinator.pipeline.tasks import requeue_stalled
 from coordinator.problems.endpoints import router as problems_router
 from coordinator.results.endpoints import router as results_router
 from coordinator.results.tasks import requeue_pending
 from coordinator.runtime import Runtime, build_runtime, set_runtime
 from coordinator.stats import collect_stats
+from coordinator.trust import tasks as trust_tasks
+from coordinator.trust.endpoints import router as trust_router
+from coordinator.trust.ratelimit import RateLimit
 from coordinator.workers.endpoints import router as workers_router
 from shared import __version__
 from shared.protocol import (
@@ -133,6 +138,8 @@ def _sweeper(runtime: Runtime, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             requeue_pending(runtime, older_than_s=age)
+            trust_tasks.requeue_stale(runtime, older_than_s=age)
+            requeue_stalled(runtime)
         except Exception:
             log.exception("sweeper pass failed")
         age = runtime.settings.requeue_pending_after_s
@@ -200,9 +207,19 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(title="Flywheel coordinator", version=__version__, lifespan=lifespan)
     _install_error_handlers(app)
+    # Inside _Guard: a request refused for its size or protocol spends no token's budget.
+    app.add_middleware(RateLimit, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
     app.add_middleware(_Guard, settings=settings, metrics=metrics)
-    for router in (workers_router, jobs_router, results_router, problems_router, campaigns_router,
-                   datasets_router):
+    for router in (
+        workers_router,
+        jobs_router,
+        results_router,
+        problems_router,
+        campaigns_router,
+        datasets_router,
+        trust_router,
+        pipeline_router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(_meta_router(metrics))
     return app

@@ -48,7 +48,12 @@ def _tasks(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    queues = args.queues or [settings.verify_queue, settings.default_queue]
+    queues = args.queues or [
+        settings.verify_queue,
+        settings.validate_queue,
+        settings.default_queue,
+        settings.train_queue,
+    ]
     if args.processes == 1:
         run_rq_worker(settings.redis_url, queues, burst=args.burst)
         return 0
@@ -198,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     problems.add_argument("--options", help="JSON object of source options")
     problems.set_defaults(func=_problems)
     _campaign_parser(sub)
+    from coordinator.pipeline.cli import add_pipeline_commands
+
+    add_pipeline_commands(sub)
     export = sub.add_parser("export", help="write a campaign's traces to JSONL or Parquet")
     export.add_argument("campaign", help="campaign name or id")
     export.add_argument("--format", choices=["jsonl", "parquet"], default="parquet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,21 @@ class Settings(BaseSettings):
     verify_queue: str = "verify"
     default_queue: str = "default"
     train_queue: str = "train"
+    # Trust (docs/trust.md): spot-check validation by re-scoring, and per-token rate limits.
+    validation_enabled: bool = Field(
+        default=True, description="spot-check traces by re-scoring (off: nothing is validated or withdrawn)"
+    )
+    validate_queue: str = "validate"
+    validation_floor: float = Field(
+        default=0.02, gt=0, le=1, description="lowest spot-check probability, for the most trusted worker"
+    )
+    validation_device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto")
+    validation_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    validation_batch: int = Field(default=32, ge=1, le=1024, description="traces per validation task")
+    rate_limit_per_s: float = Field(
+        default=20.0, ge=0, description="requests per second per token, sustained (0: no limit)"
+    )
+    rate_limit_burst: int = Field(default=100, ge=1, description="requests a token may send at once")
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -3,8 +3,25 @@
 from coordinator.campaigns.models import Campaign
 from coordinator.db import Base
 from coordinator.jobs.models import Job
+from coordinator.pipeline.models import Artifact, JobOutput, PipelineJob, PolicyVersion, RolloutGroup
 from coordinator.problems.models import Problem, ProblemSet
 from coordinator.results.models import Trace
+from coordinator.trust.models import Validation, WorkerTrust
 from coordinator.workers.models import Worker
 
-__all__ = ["Base", "Campaign", "Job", "Problem", "ProblemSet", "Trace", "Worker"]
+__all__ = [
+    "Artifact",
+    "Base",
+    "Campaign",
+    "Job",
+    "JobOutput",
+    "PipelineJob",
+    "PolicyVersion",
+    "Problem",
+    "ProblemSet",
+    "RolloutGroup",
+    "Trace",
+    "Validation",
+    "Worker",
+    "WorkerTrust",
+]

@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import ColumnElement, Row, and_, func, select
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
@@ -14,10 +14,17 @@ from coordinator.problems.models import Problem, ProblemSet
 from coordinator.results.models import Trace
 
 
+def _in_dumps() -> ColumnElement[bool]:
+    """Traces a dump may contain: not withdrawn after a failed validation of their worker, and
+    produced by an engine that applied the seeded sampler (an unverifiable trace is never checked,
+    so it could be anything; docs/trust.md)."""
+    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True))
+
+
 def summaries(session: Session) -> list[tuple[uuid.UUID, str, str, str | None, int]]:
     query = (
         select(Campaign.id, Campaign.name, Campaign.model_name, Trace.status, func.count(Trace.id))
-        .join(Trace, Trace.campaign_id == Campaign.id, isouter=True)
+        .join(Trace, and_(Trace.campaign_id == Campaign.id, _in_dumps()), isouter=True)
         .group_by(Campaign.id, Campaign.name, Campaign.model_name, Trace.status)
         .order_by(Campaign.name)
     )
@@ -48,7 +55,7 @@ def export_rows(
         .join(Job, Job.id == Trace.job_id)
         .join(Problem, Problem.id == Job.problem_id)
         .join(ProblemSet, ProblemSet.id == Problem.problem_set_id)
-        .where(Trace.campaign_id == campaign_id, Trace.status.in_(statuses))
+        .where(Trace.campaign_id == campaign_id, Trace.status.in_(statuses), _in_dumps())
         .order_by(Trace.created_at, Trace.id)
     )
     if min_score is not None:

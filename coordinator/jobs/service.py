@@ -44,14 +44,15 @@ def lease(
         repository.mark_leased(session, [row.id for row in rows], lease_ids, principal.worker_id, deadline)
     leased = [
         LeasedJob(lease_id=lease_id, deadline=deadline, spec=spec)
-        for lease_id, spec in zip(lease_ids, _specs(session, rows), strict=True)
+        for lease_id, spec in zip(lease_ids, job_specs(session, rows), strict=True)
     ]
     return LeaseGrant(
         jobs=leased, heartbeat_interval_s=settings.heartbeat_interval_s, lease_ttl_s=settings.lease_ttl_s
     )
 
 
-def _specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSpec]:
+def job_specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSpec]:
+    """The specs workers get for these jobs; the validator rebuilds a trace's spec with it too."""
     parts = repository.spec_parts(session, [row.id for row in rows]) if rows else {}
     models: dict[uuid.UUID, ModelRef] = {}  # built once per campaign in the batch
     specs = []

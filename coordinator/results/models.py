@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, false, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
@@ -21,6 +21,7 @@ class Trace(Base):
     __table_args__ = (
         Index("ix_traces_campaign_status", "campaign_id", "status"),
         Index("ix_traces_status_created", "status", "created_at"),
+        Index("ix_traces_validation_verified", "validation", "verified_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
@@ -43,3 +44,9 @@ class Trace(Base):
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Trust (coordinator/trust): whether the engine applied the seeded sampler, what the spot-check
+    # policy decided (None until the verdict is stored), and whether the trace is kept out of dumps
+    # because its worker failed a validation after it and it has not been re-validated since.
+    verifiable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    validation: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    withdrawn: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

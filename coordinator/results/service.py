@@ -115,6 +115,7 @@ def _trace_row(job: jobs_repository.JobRow, result: TraceSubmission, worker_id: 
         "generate_s": result.timings.generate_s,
         "engine": result.engine.model_dump(),
         "hardware": result.hardware.model_dump(),
+        "verifiable": result.verifiable,
         "status": PENDING,
         "created_at": utcnow(),
     }

@@ -10,6 +10,7 @@ from datetime import timedelta
 from coordinator.db import transaction, utcnow
 from coordinator.results import repository, service
 from coordinator.runtime import Runtime, get_runtime
+from coordinator.trust import tasks as trust_tasks
 
 log = logging.getLogger(__name__)
 VERIFY_TASK = "coordinator.results.tasks.verify_traces"
@@ -32,6 +33,7 @@ def verify_trace(trace_id: str) -> None:
     verdict = verify(spec, text)
     with transaction(runtime.sessions) as session:
         service.record_verdict(session, tid, verdict, lock=not runtime.settings.is_sqlite)
+    trust_tasks.after_verdict(runtime, tid)  # the spot-check decision (docs/trust.md)
 
 
 def verify_traces(trace_ids: list[str]) -> None:

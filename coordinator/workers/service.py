@@ -136,9 +136,14 @@ def set_banned(session: Session, worker_id: uuid.UUID, banned: bool) -> Worker:
     if worker is None:
         raise NotFound(f"no worker {worker_id}")
     worker.banned = banned
-    # Takes effect at once in this process; other API processes forget the holder within auth_cache_s.
-    _principals.drop(lambda p: isinstance(p, Principal) and p.worker_id == worker_id)
+    forget(worker_id)
     return worker
+
+
+def forget(worker_id: uuid.UUID) -> None:
+    """Drop this process's remembered holder of the worker's token (after a ban or a new token):
+    it takes effect at once here; other API processes forget the holder within auth_cache_s."""
+    _principals.drop(lambda p: isinstance(p, Principal) and p.worker_id == worker_id)
 
 
 def seen(session: Session, worker_id: uuid.UUID, every_s: float = 0.0) -> None:

@@ -35,7 +35,10 @@ class Api:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    return Settings(database_url=database_url, redis_url=None, **overrides)  # type: ignore[arg-type]
+    # Fabricated traces stand in for generation in these tests: validation by re-scoring, which
+    # would flag them, is off unless a test turns it on (tests/trust does).
+    fields = {"validation_enabled": False, **overrides}
+    return Settings(database_url=database_url, redis_url=None, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -1,0 +1,816 @@
+"""Trust: honest traces must pass validation on every device, precision and batch size; cheating
+workers against a running coordinator must be caught.
+
+    python -m bench.trust generate --device cpu --dtype float32 --batch-sizes 1,8,32 --per-batch 500 \\
+        --out .flywheel/bench-trust/cpu.jsonl.gz
+    python -m bench.trust check .flywheel/bench-trust/gpu.jsonl.gz --device cpu --dtype float32
+    python -m bench.trust attack --honest 4000 --per-attack 1000
+
+`generate` runs the worker's own engine (worker/engines/hf.py) on a mix of sampling settings and
+writes the traces with the generation time each cost (its batch's wall time over the batch size).
+`check` validates such a file with the coordinator's validator (coordinator/trust/validator.py) on
+this machine's device and dtype: it prints, per source (device, dtype, batch size), the traces
+falsely flagged, the largest tolerance any trace needed and the headroom the policy leaves, and
+validation time next to generation time for the same traces. GPU traces are made with the device
+tool and checked here, and the other way round (docs/trust.md).
+
+`attack` starts `flywheel coordinator serve` (SQLite, in-process tasks, every trace validated:
+FLYWHEEL_VALIDATION_FLOOR=1), registers honest and cheating volunteers over HTTP, and lets each
+lease jobs, generate on the CPU with the tiny model, forge its traces and submit. When every
+trace has its validation it prints, per attack, the traces sent and caught, and the honest traces
+falsely flagged, all read back from the coordinator's operator API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import math
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.assets import TINY_MODEL_NAME
+from shared.protocol import (
+    API_PREFIX,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    ChatMessage,
+    JobSpec,
+    ModelRef,
+    Routes,
+    SamplingParams,
+)
+
+# The honest mix: unfiltered, top-p, top-k, greedy, both, a cold and a hot temperature.
+SAMPLINGS: list[dict[str, Any]] = [
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_p": 0.9},
+    {"temperature": 1.0, "top_k": 5},
+    {"temperature": 0.0},
+    {"temperature": 1.3, "top_p": 0.95, "top_k": 20},
+    {"temperature": 0.5},
+]
+MAX_TOKENS = (96, 256)  # short answers, and room for the long rambling traces where noise adds up
+
+
+@dataclass
+class Record:
+    """One generated trace, as written by `generate` and read by `check`."""
+
+    spec: dict[str, Any]
+    tokens: list[int]
+    logprobs: list[float]
+    finish: str
+    text: str
+    dtype: str
+    device: str
+    batch: int
+    generate_s: float
+
+    @property
+    def source(self) -> str:
+        return f"{self.device} {self.dtype} batch {self.batch}"
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    from coordinator.problems.sources.arithmetic import generate
+
+    return [p.prompt for p in generate(count, seed=seed, split="test")]
+
+
+def honest_jobs(count: int, seed: int) -> list[JobSpec]:
+    rng = random.Random(seed)
+    return [
+        JobSpec(
+            job_id=uuid.UUID(int=rng.getrandbits(128)),
+            campaign_id=uuid.UUID(int=seed),
+            problem_id=f"p{i}",
+            messages=[ChatMessage(role="user", content=prompt)],
+            model=ModelRef(name=TINY_MODEL_NAME),
+            sampling=SamplingParams(
+                seed=rng.getrandbits(62), max_tokens=MAX_TOKENS[i % 2], **SAMPLINGS[i % len(SAMPLINGS)]
+            ),
+            sample_index=rng.randrange(8),
+            samples_per_problem=8,
+        )
+        for i, prompt in enumerate(prompts(count, seed))
+    ]
+
+
+# --------------------------------------------------------------------------- generate / check
+
+
+def generate_records(
+    device: str, dtype: str, batch_sizes: Sequence[int], per_batch: Sequence[int]
+) -> list[Record]:
+    from worker.engines.hf import TransformersEngine
+
+    engine = TransformersEngine.load(TINY_MODEL_NAME, device=device, dtype=dtype)
+    records: list[Record] = []
+    for size, count in zip(batch_sizes, per_batch, strict=True):
+        jobs = honest_jobs(count, seed=1000 + size)
+        for start in range(0, len(jobs), size):
+            chunk = jobs[start : start + size]
+            began = time.perf_counter()
+            generations = engine.generate(chunk)
+            share = (time.perf_counter() - began) / len(chunk)
+            records += [
+                Record(job.model_dump(mode="json"), g.completion_token_ids, g.logprobs, g.finish_reason.value,
+                       g.text, engine.info.dtype, engine.info.device, size, share)
+                for job, g in zip(chunk, generations, strict=True)
+            ]  # fmt: skip
+        print(f"generated {len(jobs)} traces at batch {size} on {device} {dtype}", flush=True)
+    return records
+
+
+def save(records: Iterable[Record], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(asdict(record)) + "\n")
+
+
+def _lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return handle.readlines()
+
+
+def load(paths: Iterable[Path]) -> list[Record]:
+    records = []
+    for path in paths:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            records += [Record(**json.loads(line)) for line in handle]
+    return records
+
+
+@dataclass
+class Checked:
+    source: str
+    passed: bool
+    needed: float
+    tolerance: float
+    validate_s: float
+    generate_s: float
+    reason: str
+
+
+def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int = 256) -> list[Checked]:
+    from coordinator.trust.models_cache import scorer
+    from coordinator.trust.validator import Submitted, validate
+
+    validator = scorer(TINY_MODEL_NAME, None, device, dtype)
+    out = []
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        claims = [
+            Submitted(JobSpec.model_validate(r.spec), r.tokens, r.logprobs, r.finish, r.text, r.dtype)
+            for r in part
+        ]
+        for record, result in zip(part, validate(validator, claims), strict=True):
+            o = result.outcome
+            seconds = (result.seconds, record.generate_s)
+            out.append(Checked(record.source, o.passed, o.needed, o.tolerance, *seconds, o.reason))
+    _sync(device)
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def rejudge(checked: Sequence[Checked], validator_dtype: str) -> list[Checked]:
+    """Saved outcomes under the current tolerance table: a trace passes if the tolerance it needed
+    (measured with sets at least as strict) is within it; failures for other reasons stay."""
+    from dataclasses import replace
+
+    from coordinator.trust.policy import tolerance
+
+    out = []
+    for c in checked:
+        eps = tolerance(c.source.split()[1], validator_dtype)
+        passed = c.needed <= eps if c.passed or "pick" in c.reason or "logprob" in c.reason else False
+        out.append(replace(c, passed=passed, tolerance=eps))
+    return out
+
+
+def _cost(rows: Sequence[Checked]) -> float:
+    """Validation time over generation time for the same traces."""
+    return sum(r.validate_s for r in rows) / max(sum(r.generate_s for r in rows), 1e-12)
+
+
+def report_checks(checked: Sequence[Checked], device: str, dtype: str) -> None:
+    """Per source: false positives, the largest tolerance needed and the headroom the policy leaves,
+    and validation cost next to generation cost where both ran on the same kind of device."""
+    by_source: dict[str, list[Checked]] = defaultdict(list)
+    for c in checked:
+        by_source[c.source].append(c)
+    print(f"\nvalidated on {device} {dtype}")
+    header = f"{'traces from':<28} {'traces':>7} {'flagged':>8} {'max needed':>11} {'tolerance':>10} "
+    print(header + f"{'headroom':>9} {'validate/generate':>18}")
+    kind = device.split(":")[0]
+    for source, rows in sorted(by_source.items()):
+        worst = max(r.needed for r in rows)
+        tol = min(r.tolerance for r in rows)
+        flagged = sum(not r.passed for r in rows)
+        headroom = tol / worst if worst > 0 else math.inf
+        cost = "1/" + format(1 / _cost(rows), ".1f") if source.split()[0] == kind else "(other device)"
+        figures = f"{len(rows):>7} {flagged:>8} {worst:>11.4g} {tol:>10.4g} {headroom:>8.1f}x {cost:>18}"
+        print(f"{source:<28} {figures}")
+    for r in [c for c in checked if not c.passed][:10]:
+        print(f"  flagged ({r.source}): {r.reason}")
+    same = [c for c in checked if c.source.split()[0] == kind]
+    flagged = sum(not c.passed for c in checked)
+    print(f"all: {len(checked)} honest traces, {flagged} falsely flagged", end="")
+    print(
+        f"; validation costs 1/{1 / _cost(same):.1f} of generation for the {len(same)} made on {kind}"
+        if same
+        else ""
+    )
+
+
+# --------------------------------------------------------------------------- attack: the cheaters
+
+
+@dataclass(frozen=True)
+class Forged:
+    tokens: list[int]
+    logprobs: list[float]
+    finish: str
+    text: str
+
+
+class Models:
+    """The honest engine, the cheaper engines cheaters run, and the model to recompute logprobs."""
+
+    def __init__(self) -> None:
+        from coordinator.trust.models_cache import scorer
+        from worker.engines.hf import TransformersEngine
+
+        self.honest = TransformersEngine.load(TINY_MODEL_NAME, device="cpu")
+        self.scorer = scorer(TINY_MODEL_NAME, None, "cpu", "float32")
+        self.bf16 = TransformersEngine.load(TINY_MODEL_NAME, device="cpu", dtype="bfloat16")
+        self.int8 = self._variant(lambda model: quantize(model, bits=8))
+        self.int4 = self._variant(lambda model: quantize(model, bits=4))
+        self.shallow = self._variant(drop_layers)
+
+    def _variant(self, change: Callable[[Any], None]) -> Any:
+        from worker.engines.hf import TransformersEngine
+
+        engine = TransformersEngine.load(TINY_MODEL_NAME, device="cpu")
+        change(engine.model)
+        return engine
+
+    def logprobs(self, job: JobSpec, tokens: Sequence[int]) -> list[float]:
+        """What a careful forger claims: the model's own logprobs of its forged tokens."""
+        import torch
+
+        from shared.sampling import filtered_logprobs
+
+        prompt = self.scorer.prompt_ids(job.messages)
+        logits = self.scorer.completion_logits([prompt], [list(tokens)])[0]
+        picked = filtered_logprobs(torch, logits, [job.sampling] * len(tokens))
+        values = picked[torch.arange(len(tokens)), torch.tensor(list(tokens))].tolist()
+        # a token outside the allowed set has no logprob; a forger must still send a finite one
+        return [max(float(x), -100.0) for x in values]
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def quantize(model: Any, bits: int) -> None:
+    """Round every linear layer's weights to `bits`-bit integers per output row (symmetric), as a
+    weight-only quantized copy computes; activations stay float32."""
+    import torch
+
+    top = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                scale = module.weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / top
+                module.weight.copy_((module.weight / scale).round().clamp(-top, top) * scale)
+
+
+def drop_layers(model: Any) -> None:
+    """A cheaper model of the same family: the first half of the layers, same embeddings and head."""
+    keep = model.config.num_hidden_layers // 2
+    model.model.layers = model.model.layers[:keep]
+    model.config.num_hidden_layers = keep
+
+
+def _variant_of(job: JobSpec, **sampling: Any) -> JobSpec:
+    return job.model_copy(update={"sampling": job.sampling.model_copy(update=sampling)})
+
+
+def _generated(engine: Any, jobs: Sequence[JobSpec]) -> list[Forged]:
+    return [
+        Forged(g.completion_token_ids, g.logprobs, g.finish_reason.value, g.text)
+        for g in engine.generate(jobs)
+    ]
+
+
+def _answer(prompt: str) -> int | None:
+    parts = prompt.removeprefix("What is ").removesuffix("?").split()
+    if len(parts) != 3:
+        return None
+    a, op, b = int(parts[0]), parts[1], int(parts[2])
+    return {"+": a + b, "-": a - b, "*": a * b}.get(op)
+
+
+def _with_answer(models: Models, job: JobSpec, honest: Forged, answer: str) -> Forged | None:
+    """The honest trace with the text of its final \\boxed{...} replaced, re-tokenized, logprobs
+    recomputed; None when the trace has no answer or re-encoding does not give back its tokens."""
+    head, mark, tail = honest.text.rpartition("\\boxed{")
+    if not mark or "}" not in tail:
+        return None
+    body = honest.tokens[:-1] if honest.finish == "stop" else honest.tokens
+    if models.encode(honest.text) != body:
+        return None
+    text = head + mark + answer + tail[tail.index("}") :]
+    tokens = models.encode(text) + honest.tokens[len(body) :]
+    return Forged(tokens, models.logprobs(job, tokens), honest.finish, text)
+
+
+Forger = Callable[[Models, Sequence[JobSpec], list[Forged], random.Random], list[Forged | None]]
+
+
+def fabricated(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    out: list[Forged | None] = []
+    stop = min(models.scorer.stops)
+    for job in jobs:
+        prompt = job.messages[-1].content
+        guess = (_answer(prompt) or 0) + rng.choice([-10, -1, 0, 1, 10])
+        text = f"{prompt.removeprefix('What is ').removesuffix('?')} \\boxed{{{guess}}}"
+        tokens = [*models.encode(text), stop]
+        out.append(Forged(tokens, [-0.05] * len(tokens), "stop", text))
+    return out
+
+
+def other_model(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    return list(_generated(models.shallow, jobs))
+
+
+def precision(engine_name: str) -> Forger:
+    def forge(
+        models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+    ) -> list[Forged | None]:
+        return list(_generated(getattr(models, engine_name), jobs))
+
+    return forge
+
+
+def edited_answer(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    out: list[Forged | None] = []
+    for job, trace in zip(jobs, honest, strict=True):
+        claimed = trace.text.rpartition("\\boxed{")[2].split("}")[0]
+        digits = [c for c in claimed if c.isdigit()]
+        if not digits:
+            out.append(None)
+            continue
+        edited = "".join(str(rng.randrange(10)) if c.isdigit() else c for c in claimed)
+        out.append(_with_answer(models, job, trace, edited) if edited != claimed else None)
+    return out
+
+
+def pasted_answer(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    out: list[Forged | None] = []
+    for job, trace in zip(jobs, honest, strict=True):
+        correct = _answer(job.messages[-1].content)
+        claimed = trace.text.rpartition("\\boxed{")[2].split("}")[0]
+        wrong = correct is not None and claimed != str(correct)
+        out.append(_with_answer(models, job, trace, str(correct)) if wrong else None)
+    return out
+
+
+def wrong_temperature(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    cold = [
+        _variant_of(j, temperature=j.sampling.temperature / 2 if j.sampling.temperature else 0.7)
+        for j in jobs
+    ]
+    # The same tokens as the honest trace, with the honest rule's logprobs, are the honest trace.
+    return [
+        Forged(f.tokens, models.logprobs(job, f.tokens), f.finish, f.text) if f.tokens != h.tokens else None
+        for job, f, h in zip(jobs, _generated(models.honest, cold), honest, strict=True)
+    ]
+
+
+def replay(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    """The trace another job of the same problem gets: the same prompt under another seed and index."""
+    others = [
+        j.model_copy(update={
+            "sampling": j.sampling.model_copy(update={"seed": rng.getrandbits(62)}),
+            "sample_index": (j.sample_index + 1) % j.samples_per_problem,
+        })
+        for j in jobs
+    ]  # fmt: skip
+    return [
+        f if f.tokens != h.tokens else None
+        for f, h in zip(_generated(models.honest, others), honest, strict=True)
+    ]
+
+
+def single_token(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    out: list[Forged | None] = []
+    vocab = [t for t in range(len(models.scorer.tokenizer)) if t not in models.scorer.stops]
+    for job, trace in zip(jobs, honest, strict=True):
+        last = len(trace.tokens) - (1 if trace.finish == "stop" else 0)
+        if last < 1:
+            out.append(None)
+            continue
+        p = rng.randrange(last)
+        tokens = list(trace.tokens)
+        tokens[p] = rng.choice([t for t in vocab if t != tokens[p]])
+        text = models.scorer.decode(tokens)
+        out.append(Forged(tokens, models.logprobs(job, tokens), trace.finish, text))
+    return out
+
+
+def logprobs_altered(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    """Honest tokens, logprobs halved: the trace claims the model was far surer than it was."""
+    return [Forged(t.tokens, [lp / 2 for lp in t.logprobs], t.finish, t.text) for t in honest]
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    forge: Forger
+    # The dtype the cheater reports, which sets the allowance it is checked with (docs/trust.md):
+    # each attack is sent once claiming float32 and once claiming bfloat16, the widest allowance.
+    claims: tuple[str, ...] = ("float32", "bfloat16")
+
+
+ATTACKS = [
+    Attack("fabricated text", fabricated),
+    Attack("different model (half the layers)", other_model),
+    Attack("bfloat16 copy", precision("bf16"), claims=("float32",)),
+    Attack("int8 weights", precision("int8")),
+    Attack("int4 weights", precision("int4")),
+    Attack("edited final answer", edited_answer),
+    Attack("wrong temperature (T/2)", wrong_temperature),
+    Attack("replay of another job's trace", replay),
+    Attack("correct answer pasted in", pasted_answer),
+    Attack("single-token edit", single_token),
+    Attack("claimed logprobs halved", logprobs_altered),
+]
+
+
+def indistinguishable(fake: Forged, real: Forged, job: JobSpec, claim: str) -> bool:
+    """The forgery is the honest trace, up to the noise its claimed dtype is allowed: sending it
+    cheats nobody, so it is not counted as an attack."""
+    from coordinator.trust.policy import tolerance
+
+    if fake.tokens != real.tokens or fake.text != real.text or fake.finish != real.finish:
+        return False
+    temperature = job.sampling.temperature or 1.0
+    slack = 2 * tolerance(claim, "float32") / temperature  # the validator's own logprob allowance
+    return all(abs(a - b) <= slack for a, b in zip(fake.logprobs, real.logprobs, strict=True))
+
+
+# --------------------------------------------------------------------------- attack: the coordinator
+
+
+class Server:
+    """`flywheel coordinator serve` on SQLite in a scratch folder, validating every trace."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.folder = folder
+        self.port = _free_port()
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("FLYWHEEL_", "REDIS_URL", "DATABASE_URL"))
+            },
+            "DATABASE_URL": f"sqlite:///{folder / 'flywheel.db'}",
+            "FLYWHEEL_VALIDATION_FLOOR": "1",
+            "FLYWHEEL_LEASE_TTL_S": "3600",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.operator = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "flywheel", "coordinator", *args], env=self.env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout
+
+    def start(self) -> None:
+        import httpx
+
+        self._cli("migrate")
+        self.operator = json.loads(self._cli("create-token", "--name", "bench", "--scope", "operator"))[
+            "token"
+        ]
+        log = (self.folder / "server.log").open("ab")
+        command = [sys.executable, "-m", "flywheel", "coordinator", "serve", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise RuntimeError("the coordinator did not start; see " + str(self.folder / "server.log"))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Client:
+    def __init__(self, url: str, operator: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=url + API_PREFIX, timeout=300)
+        self.operator = {"Authorization": f"Bearer {operator}"}
+
+    def call(self, method: str, path: str, token: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        headers = {**(token or self.operator), PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        for _ in range(20):
+            response = self.http.request(method, path, headers=headers, **kwargs)
+            if response.status_code != 429:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def register(self, name: str) -> tuple[str, dict[str, str]]:
+        body = {"name": name, "engine": {"name": "transformers"}, "models": [TINY_MODEL_NAME]}
+        reply = self.call("POST", Routes.register, token={}, json=body)
+        return reply["worker_id"], {"Authorization": f"Bearer {reply['token']}"}
+
+    def setup(self, problems: int, samples: int) -> None:
+        made = self.call(
+            "POST", Routes.problem_sets, json={"name": "trust", "source": "arithmetic", "limit": problems}
+        )
+        for i, sampling in enumerate(CAMPAIGN_SAMPLINGS):
+            body = {
+                "name": f"trust-{i}", "problem_set_id": made["id"], "model": {"name": TINY_MODEL_NAME},
+                "samples_per_problem": samples, "seed": i, "sampling": {**sampling, "max_tokens": 128},
+            }  # fmt: skip
+            self.call("POST", Routes.campaigns, json=body)
+
+    def records(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self.call("GET", "/trust/workers", params={"limit": 1000, "offset": len(out)})
+            out += page
+            if len(page) < 1000:
+                return out
+
+    def validation_seconds(self, worker_id: str) -> float:
+        rows = self.call("GET", "/trust/validations", params={"worker_id": worker_id, "limit": 10_000})
+        return float(sum(r["seconds"] for r in rows))
+
+
+CAMPAIGN_SAMPLINGS: list[dict[str, Any]] = [
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_p": 0.9},
+    {"temperature": 1.0, "top_k": 20},
+    {"temperature": 0.0},
+]
+
+
+@dataclass
+class Tally:
+    generated: int = 0
+    identical: int = 0  # forgeries that came out equal to the honest trace: nothing to catch
+    sent: int = 0
+    accepted: int = 0
+    generate_s: float = 0.0
+    workers: list[str] | None = None
+
+
+def _submission(lease: dict[str, Any], forged: Forged, dtype: str) -> dict[str, Any]:
+    return {
+        "lease_id": lease["lease_id"], "attempt_id": str(uuid.uuid4()), "job_id": lease["spec"]["job_id"],
+        "text": forged.text, "completion_token_ids": forged.tokens, "logprobs": forged.logprobs,
+        "finish_reason": forged.finish, "engine": {"name": "transformers", "dtype": dtype, "device": "cpu"},
+    }  # fmt: skip
+
+
+def run_round(
+    client: Client,
+    models: Models,
+    attack: Attack | None,
+    claim: str,
+    batch: int,
+    rng: random.Random,
+    tally: Tally,
+) -> None:
+    """One worker: register, lease a batch, generate it honestly, forge it (if cheating), submit."""
+    name = attack.name if attack else "honest"
+    worker_id, token = client.register(f"{name[:40]}-{uuid.uuid4().hex[:6]}")
+    assert tally.workers is not None
+    tally.workers.append(worker_id)
+    leases = client.call(
+        "POST", Routes.lease, token=token, json={"max_jobs": batch, "models": [TINY_MODEL_NAME]}
+    )["jobs"]
+    jobs = [JobSpec.model_validate(lease["spec"]) for lease in leases]
+    if not jobs:
+        raise RuntimeError("the coordinator ran out of jobs: raise the problem count")
+    began = time.perf_counter()
+    honest = _generated(models.honest, jobs)
+    tally.generate_s += time.perf_counter() - began
+    forged: list[Forged | None] = list(honest) if attack is None else attack.forge(models, jobs, honest, rng)
+    results = []
+    for lease, job, fake, real in zip(leases, jobs, forged, honest, strict=True):
+        tally.generated += 1
+        if fake is None or (attack is not None and indistinguishable(fake, real, job, claim)):
+            tally.identical += 1
+            continue
+        results.append(_submission(lease, fake, claim))
+    if results:
+        acks = client.call("POST", Routes.submit, token=token, json={"results": results})["acks"]
+        tally.sent += len(results)
+        tally.accepted += sum(a["status"] == "accepted" for a in acks)
+
+
+def run_attacks(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(0)
+    server = Server(args.work_dir)
+    server.start()
+    try:
+        client = Client(server.url, server.operator)
+        jobs_needed = (
+            args.honest + 4 * (args.per_attack + args.per_attack_bf16) * len(ATTACKS) + 4 * args.batch
+        )
+        client.setup(problems=jobs_needed // (4 * len(CAMPAIGN_SAMPLINGS)) + 1, samples=4)
+        models = Models()
+        honest = Tally(workers=[])
+        while honest.sent < args.honest:
+            run_round(client, models, None, "float32", args.batch, rng, honest)
+        print(f"honest: {honest.sent} traces sent", flush=True)
+        tallies: dict[tuple[str, str], Tally] = {}
+        for attack in [a for a in ATTACKS if not args.only or any(word in a.name for word in args.only)]:
+            for claim in [c for c in attack.claims if not args.claims or c in args.claims]:
+                tally = tallies[(attack.name, claim)] = Tally(workers=[])
+                wanted = args.per_attack if claim == "float32" else args.per_attack_bf16
+                # An attack that mostly comes out as the honest trace stops after 4x the traces wanted.
+                while tally.sent < wanted and tally.generated < 4 * wanted:
+                    run_round(client, models, attack, claim, args.batch, rng, tally)
+                print(f"{attack.name}, claiming {claim}: {tally.sent} forged traces sent", flush=True)
+        records = wait_for_validations(client, honest.accepted + sum(t.accepted for t in tallies.values()))
+        report_attacks(client, honest, tallies, records)
+    finally:
+        server.stop()
+    return 0
+
+
+def wait_for_validations(client: Client, expected: int, timeout_s: float = 7200) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = {r["worker_id"]: r for r in client.records()}
+        done = sum(r["passed"] + r["failed"] for r in records.values())
+        if done >= expected or time.monotonic() > deadline:
+            print(f"{done} of {expected} traces validated", flush=True)
+            return records
+        time.sleep(5)
+
+
+def _outcomes(tally: Tally, records: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(validated, failed) over a tally's workers."""
+    rows = [records[w] for w in tally.workers or [] if w in records]
+    return sum(r["passed"] + r["failed"] for r in rows), sum(r["failed"] for r in rows)
+
+
+def report_attacks(
+    client: Client, honest: Tally, tallies: dict[tuple[str, str], Tally], records: dict[str, dict[str, Any]]
+) -> None:
+    columns = (
+        ("claims", 9),
+        ("forged", 7),
+        ("no-op", 6),
+        ("sent", 6),
+        ("validated", 10),
+        ("caught", 7),
+        ("rate", 8),
+    )
+    print(f"\n{'attack':<34} " + " ".join(f"{name:>{width}}" for name, width in columns))
+    for (name, claim), tally in tallies.items():
+        validated, caught = _outcomes(tally, records)
+        rate = f"{100 * caught / validated:.2f}%" if validated else "-"
+        values = (claim, tally.generated, tally.identical, tally.sent, validated, caught, rate)
+        print(f"{name:<34} " + " ".join(f"{v:>{w}}" for v, (_, w) in zip(values, columns, strict=True)))
+    validated, flagged = _outcomes(honest, records)
+    per_worker = honest.generated // max(len(honest.workers or []), 1)
+    print(f"\nhonest (cpu float32, batch {per_worker}): {honest.sent} sent, {validated} validated, "
+          f"{flagged} falsely flagged")  # fmt: skip
+    validate_s = sum(client.validation_seconds(w) for w in honest.workers or [])
+    ratio = validate_s / max(honest.generate_s, 1e-12)
+    print(f"validation cost: {validate_s:.1f} s for honest traces generated in {honest.generate_s:.1f} s: "
+          f"1/{1 / ratio:.1f} of generation")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.trust", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="honest traces with the worker's engine, written to --out")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", default="float32")
+    gen.add_argument("--batch-sizes", default="1,8,32")
+    gen.add_argument("--per-batch", default="300", help="traces per batch size (one, or one per size)")
+    gen.add_argument("--out", type=Path, required=True)
+    chk = sub.add_parser("check", help="validate trace files on this device; false positives, headroom, cost")
+    chk.add_argument("files", type=Path, nargs="+")
+    chk.add_argument("--device", default="cpu")
+    chk.add_argument("--dtype", default="float32")
+    chk.add_argument("--save", type=Path, help="also write each trace's outcome here (JSONL, gzip)")
+    again = sub.add_parser("rejudge", help="saved `check --save` outcomes under the current tolerance table")
+    again.add_argument("files", type=Path, nargs="+")
+    again.add_argument("--device", default="cuda", help="where the saved check ran (for the printout)")
+    again.add_argument("--dtype", default="float32", help="the validator dtype of the saved check")
+    atk = sub.add_parser("attack", help="honest and cheating workers against a running coordinator")
+    atk.add_argument("--honest", type=int, default=2000, help="honest traces sent through the coordinator")
+    atk.add_argument("--per-attack", type=int, default=1000, help="forged traces per attack claiming float32")
+    atk.add_argument(
+        "--per-attack-bf16", type=int, default=200, help="forged traces per attack claiming bfloat16"
+    )
+    atk.add_argument("--batch", type=int, default=32, help="jobs a worker leases and generates at once")
+    atk.add_argument("--only", nargs="*", help="attacks whose name contains one of these words")
+    atk.add_argument("--claims", nargs="*", help="claimed dtypes to send (default: each attack's)")
+    atk.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    atk.add_argument("--work-dir", type=Path, default=Path(".flywheel/bench-trust/attack"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        counts = [int(n) for n in args.per_batch.split(",")]
+        records = generate_records(
+            args.device, args.dtype, sizes, counts * len(sizes) if len(counts) == 1 else counts
+        )
+        save(records, args.out)
+        per_trace = statistics.fmean(r.generate_s for r in records) if records else 0.0
+        print(f"wrote {len(records)} traces to {args.out}; {per_trace * 1e3:.2f} ms of generation per trace")
+        return 0
+    if args.command == "check":
+        checked = check_records(load(args.files), args.device, args.dtype)
+        report_checks(checked, args.device, args.dtype)
+        if args.save:
+            with gzip.open(args.save, "wt", encoding="utf-8") as out:
+                out.writelines(json.dumps(asdict(c)) + "\n" for c in checked)
+        return 0
+    if args.command == "rejudge":
+        saved = [Checked(**json.loads(line)) for path in args.files for line in _lines(path)]
+        report_checks(rejudge(saved, args.dtype), args.device, args.dtype)
+        return 0
+    return run_attacks(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Downstream jobs the coordinator schedules: selection, distillation (SFT), GRPO, evaluation."""

@@ -1,0 +1,1 @@
+"""The computations behind pipeline jobs; no database or HTTP code (see coordinator.pipeline.tasks)."""

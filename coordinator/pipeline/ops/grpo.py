@@ -1,0 +1,223 @@
+"""GRPO from volunteer rollouts: group-normalised advantages and the clipped policy-gradient step.
+
+Rewards are the verifiers' scores, stored by the coordinator, never a worker's claim. A group whose
+rewards are all equal has zero advantage everywhere and is skipped. The importance ratio uses the
+per-token logprobs the worker reported for the policy version it sampled from, so rollouts of an
+older version (within the staleness bound) still give an unbiased, clipped update. Those logprobs
+are a worker's claim too: a ratio is capped (dual clip), and an on-policy rollout whose claimed
+logprobs stray from the trainer's own beyond `max_logprob_gap` is dropped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.pipeline.schemas import GrpoSpec
+from shared.protocol import SamplingParams
+
+ADV_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Rollout:
+    group_id: str
+    policy_version: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    old_logprobs: list[float]
+    reward: float
+    passed: bool
+    advantage: float = 0.0
+
+
+def group_advantages(rewards: Sequence[float]) -> list[float] | None:
+    """(r - mean) / std within a group; None when every reward is the same (nothing to learn)."""
+    if len(rewards) < 2:
+        return None
+    mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+    if std < 1e-9:
+        return None
+    return [(r - mean) / (std + ADV_EPS) for r in rewards]
+
+
+@dataclass
+class _Batch:
+    ids: Any
+    attention: Any
+    positions: Any  # [N, 2] (row, column) of the logits that predict each completion token
+    tokens: Any  # [N]
+    old: Any  # [N]
+    advantages: Any  # [N]
+    owner: Any  # [N] index of the rollout each token belongs to
+
+
+def _collate(rollouts: Sequence[Rollout], pad_id: int) -> _Batch:
+    import torch
+
+    rows = [r.prompt_ids + r.completion_ids for r in rollouts]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    positions, tokens, old, adv, owner = [], [], [], [], []
+    for i, (rollout, row) in enumerate(zip(rollouts, rows, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        start = len(rollout.prompt_ids)
+        for k, token in enumerate(rollout.completion_ids):
+            positions.append((i, start + k - 1))
+            tokens.append(token)
+            old.append(rollout.old_logprobs[k])
+            adv.append(rollout.advantage)
+            owner.append(i)
+    return _Batch(
+        ids,
+        attention,
+        torch.tensor(positions, dtype=torch.long),
+        torch.tensor(tokens, dtype=torch.long),
+        torch.tensor(old, dtype=torch.float64),
+        torch.tensor(adv, dtype=torch.float64),
+        torch.tensor(owner, dtype=torch.long),
+    )
+
+
+def token_logprobs(model: Any, batch: _Batch, sampling: SamplingParams) -> Any:
+    """log p(token) under the sampler's distribution (temperature, top-k/top-p), float64, per token."""
+    import torch
+
+    from shared.sampling import filtered_logprobs
+
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch.ids.to(device), attention_mask=batch.attention.to(device)).logits
+    rows = logits[batch.positions[:, 0].to(device), batch.positions[:, 1].to(device)]
+    logprobs = filtered_logprobs(torch, rows, [sampling] * rows.shape[0])
+    return logprobs.gather(-1, batch.tokens.to(device)[:, None])[:, 0]
+
+
+def _chunks(rollouts: Sequence[Rollout], size: int) -> list[Sequence[Rollout]]:
+    return [rollouts[i : i + size] for i in range(0, len(rollouts), size)]
+
+
+@dataclass
+class _Scored:
+    rollouts: list[Rollout]
+    reference: list[Any]  # per micro-batch: reference logprobs (float64, on the device)
+    kl: float
+    gap: float
+    dropped: int
+
+
+def _rollout_gaps(batch: _Batch, current: Any, n: int) -> list[float]:
+    import torch
+
+    diff = (current.cpu() - batch.old).abs()
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, batch.owner, diff)
+    counts = torch.zeros(n, dtype=torch.float64).index_add_(0, batch.owner, torch.ones_like(diff))
+    return (sums / counts.clamp(min=1)).tolist()
+
+
+def _prescore(
+    policy: Any, reference: Any, rollouts: Sequence[Rollout], spec: GrpoSpec, pad_id: int, version: int
+) -> _Scored:
+    """Before the update: drop on-policy rollouts whose claimed logprobs are implausible; the KL of
+    the policy to the reference; the reference logprobs the loss needs."""
+    import torch
+
+    kept: list[Rollout] = []
+    gaps: list[float] = []
+    kl_sum, kl_n, dropped = 0.0, 0, 0
+    with torch.inference_mode():
+        for chunk in _chunks(rollouts, spec.micro_batch):
+            batch = _collate(chunk, pad_id)
+            current = token_logprobs(policy, batch, spec.sampling)
+            ref = token_logprobs(reference, batch, spec.sampling)
+            log_ratio = ref - current
+            kl_sum += float((log_ratio.exp() - log_ratio - 1).sum())
+            kl_n += int(current.numel())
+            for rollout, gap in zip(chunk, _rollout_gaps(batch, current, len(chunk)), strict=True):
+                if rollout.policy_version == version and gap > spec.max_logprob_gap:
+                    dropped += 1
+                    continue
+                gaps.append(gap)
+                kept.append(rollout)
+    reference_logprobs = _reference_per_chunk(reference, kept, spec, pad_id)
+    return _Scored(
+        kept, reference_logprobs, kl_sum / max(1, kl_n), statistics.fmean(gaps) if gaps else 0.0, dropped
+    )
+
+
+def _reference_per_chunk(
+    reference: Any, rollouts: Sequence[Rollout], spec: GrpoSpec, pad_id: int
+) -> list[Any]:
+    import torch
+
+    if spec.kl_coef == 0.0:
+        return [None for _ in _chunks(rollouts, spec.micro_batch)]
+    with torch.inference_mode():
+        return [
+            token_logprobs(reference, _collate(c, pad_id), spec.sampling)
+            for c in _chunks(rollouts, spec.micro_batch)
+        ]
+
+
+def _objective(new: Any, batch: _Batch, ref: Any, spec: GrpoSpec) -> tuple[Any, Any]:
+    """Per-token objective to maximise, and which tokens were clipped."""
+    import torch
+
+    device = new.device
+    old, adv = batch.old.to(device), batch.advantages.to(device)
+    ratio = torch.exp(new - old)
+    clipped = torch.clamp(ratio, 1 - spec.clip_eps, 1 + spec.clip_eps)
+    objective = torch.minimum(ratio * adv, clipped * adv)
+    # Dual clip: with a negative advantage a huge ratio would otherwise weigh without bound.
+    objective = torch.where(adv < 0, torch.maximum(objective, spec.ratio_cap * adv), objective)
+    if ref is not None:
+        log_ratio = ref.detach() - new
+        objective = objective - spec.kl_coef * (log_ratio.exp() - log_ratio - 1)
+    return objective, (ratio - clipped).abs() > 0
+
+
+def step(
+    policy: Any,
+    reference: Any,
+    optimizer: Any,
+    rollouts: Sequence[Rollout],
+    spec: GrpoSpec,
+    pad_id: int,
+    version: int,
+) -> dict[str, Any]:
+    """One policy update (`epochs_per_step` optimizer steps) over rollouts with their advantages."""
+    import torch
+
+    scored = _prescore(policy, reference, rollouts, spec, pad_id, version)
+    metrics: dict[str, Any] = {
+        "kl": scored.kl,
+        "logprob_gap": scored.gap,
+        "dropped_logprob": scored.dropped,
+        "rollouts_trained": len(scored.rollouts),
+    }
+    if not scored.rollouts:
+        return metrics
+    chunks = _chunks(scored.rollouts, spec.micro_batch)
+    tokens = sum(len(r.completion_ids) for r in scored.rollouts)
+    policy.train()
+    for _ in range(spec.epochs_per_step):
+        optimizer.zero_grad(set_to_none=True)
+        total, clipped = 0.0, 0
+        for chunk, ref in zip(chunks, scored.reference, strict=True):
+            batch = _collate(chunk, pad_id)
+            objective, was_clipped = _objective(
+                token_logprobs(policy, batch, spec.sampling), batch, ref, spec
+            )
+            loss = -objective.sum() / tokens  # token mean over the whole batch
+            loss.backward()
+            total += float(loss.detach())
+            clipped += int(was_clipped.sum())
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0))
+        optimizer.step()
+        metrics["loss"], metrics["clip_fraction"] = total, clipped / max(1, tokens)
+    policy.eval()
+    metrics["tokens"] = tokens
+    return metrics

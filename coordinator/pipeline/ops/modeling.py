@@ -1,0 +1,211 @@
+"""Loading, scoring and saving causal language models for the pipeline's trusted-machine jobs.
+
+A model is a base (a name `from_pretrained` opens: config, tokenizer, weights) optionally overlaid
+with weights from an artifact: one safetensors file of the full state dict. Checkpoints and RL
+policy versions are such files, so a worker that has the base model needs only the weights.
+Prompts are rendered exactly as workers render them (the model's chat template, generation prompt
+open, no extra special tokens), so what is trained on is what is sampled from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+# Base-model files a serving directory needs besides the weights.
+SERVING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: `base` for `from_pretrained`, `weights` overlaid when given."""
+
+    base: str
+    weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat prompt and its completion, tokenized as the student sees them."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]  # the completion's tokens followed by the end-of-turn token
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.base)
+
+
+def load_model(source: ModelSource, device: str, trainable: bool = False) -> Any:
+    """The model in float32 (training and loss scoring want full precision on small models)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
+    if source.weights is not None:
+        load_weights(model, source.weights)
+    torch.nn.Module.to(model, device)  # in place; the model's own `to` is typed for its wrapper only
+    return model.train() if trainable else model.eval()
+
+
+def load_weights(model: Any, path: Path) -> None:
+    from safetensors.torch import load_model as load_safetensors
+
+    missing, unexpected = load_safetensors(model, str(path), strict=False)
+    # Tied heads are stored once; anything else missing means the file is not for this model.
+    tied = {name for name in missing if name.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def save_weights(model: Any, path: Path) -> Path:
+    """The full state dict as one safetensors file (tensors shared by tied layers stored once)."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path), metadata={"format": "pt"})
+    return path
+
+
+def materialize(source: ModelSource, dest: Path) -> Path:
+    """A directory `from_pretrained` (and so a worker) opens: the base's config and tokenizer, the
+    weights file as `model.safetensors`. Needs `source.base` to be a local directory."""
+    base = Path(source.base)
+    if not base.is_dir():
+        raise ValueError(f"materialize needs a local base model directory, not {source.base!r}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SERVING_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, dest / name)
+    weights = source.weights or base / "model.safetensors"
+    shutil.copyfile(weights, dest / "model.safetensors")
+    return dest
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat_template; Flywheel prompts are chat messages")
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return str(text)
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: a completion could never end")
+    return int(eos)
+
+
+def encode(tokenizer: Any, messages: Sequence[dict[str, str]], completion: str) -> Example:
+    """`messages` are the turns before the answer (the prompt); `completion` the assistant's text."""
+    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return Example([int(t) for t in prompt], [int(t) for t in answer] + [end_of_turn_id(tokenizer)])
+
+
+def prompt_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The turns of a dataset record before its final assistant answer."""
+    messages = list(record["messages"])
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def pad_batch(
+    examples: Sequence[Example],
+    pad_id: int,
+    max_length: int,
+    masks: Sequence[Sequence[int] | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 outside the completion and
+    where a loss mask says 0. Rows longer than `max_length` lose their end."""
+    import torch
+
+    rows = [(e.prompt_ids + e.completion_ids)[:max_length] for e in examples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (example, row) in enumerate(zip(examples, rows, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        start = len(example.prompt_ids)
+        for k, token in enumerate(example.completion_ids):
+            keep = masks is None or masks[i] is None or masks[i][k]  # type: ignore[index]
+            if start + k < len(row) and keep:
+                labels[i, start + k] = token
+    return ids, attention, labels
+
+
+def token_losses(
+    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, max_length: int = 4096
+) -> list[list[float]]:
+    """Per-token negative log-likelihood of each completion (teacher forcing), in nats."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[list[float]] = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            ids, attention, labels = pad_batch(chunk, pad_id, max_length)
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+            nll = _shifted_nll(logits, labels.to(device))
+            for i, example in enumerate(chunk):
+                begin = len(example.prompt_ids) - 1
+                n = min(len(example.completion_ids), ids.shape[1] - len(example.prompt_ids))
+                out.append([float(v) for v in nll[i, begin : begin + n].tolist()])
+    return out
+
+
+def _shifted_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """nll[:, t] is the loss of predicting token t+1 from position t (0 where the label is ignored)."""
+    import torch
+
+    targets = labels[:, 1:]
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(targets >= 0, -picked, torch.zeros_like(picked))
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean next-token loss over labelled positions, and how many there were."""
+    import torch
+
+    targets = labels[:, 1:]
+    count = int((targets >= 0).sum())
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return loss / max(1, count), count

@@ -1,0 +1,310 @@
+"""Supervised fine-tuning (distillation) of a student on a selected dataset: full, LoRA or DoRA.
+
+The loss covers only completion tokens, and of those only the ones a dataset's `loss_mask` keeps.
+Training is resumable: every `checkpoint_every` steps the trainable weights, the optimizer and the
+curve so far go to `workdir/resume.pt`, and the batch order is a pure function of (seed, epoch),
+so a resumed run takes exactly the batches the lost one would have. Adapters are merged into the
+base weights at the end, so what is served is one plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.pipeline.ops import modeling
+from coordinator.pipeline.ops.modeling import Example, ModelSource
+from coordinator.pipeline.schemas import SftSpec
+
+Progress = Callable[[float, str, dict[str, Any]], None]
+LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class SftResult:
+    weights: Path
+    adapter: Path | None
+    adapter_config: dict[str, Any] | None
+    curve: dict[str, list[list[float]]]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class _Data:
+    train: list[Example]
+    train_masks: list[list[int] | None]
+    eval: list[Example]
+    eval_masks: list[list[int] | None]
+    pad_id: int
+
+
+@dataclass
+class _State:
+    step: int = 0
+    curve: dict[str, list[list[float]]] = field(default_factory=lambda: {"train": [], "eval": []})
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def _encode_rows(
+    tokenizer: Any, rows: Sequence[dict[str, Any]]
+) -> tuple[list[Example], list[list[int] | None]]:
+    examples, masks = [], []
+    for row in rows:
+        example = modeling.encode(tokenizer, modeling.prompt_messages(row), str(row["completion"]))
+        mask = row.get("loss_mask")
+        if mask is not None and len(mask) != len(example.completion_ids):
+            raise ValueError(
+                f"row {row.get('id')}: loss mask has {len(mask)} entries for {len(example.completion_ids)} "
+                "completion tokens (made with another tokenizer?)"
+            )
+        examples.append(example)
+        masks.append(mask)
+    return examples, masks
+
+
+def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec) -> _Data:
+    import random
+
+    examples, masks = _encode_rows(tokenizer, rows)
+    order = list(range(len(examples)))
+    random.Random(spec.seed).shuffle(order)
+    # Too few rows for a meaningful held-out loss: train on all of them.
+    n_eval = int(spec.eval_fraction * len(order)) if len(order) >= 20 else 0
+    held, kept = order[:n_eval], order[n_eval:]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else modeling.end_of_turn_id(tokenizer)
+    return _Data(
+        train=[examples[i] for i in kept],
+        train_masks=[masks[i] for i in kept],
+        eval=[examples[i] for i in held],
+        eval_masks=[masks[i] for i in held],
+        pad_id=int(pad),
+    )
+
+
+def _wrap(model: Any, spec: SftSpec) -> Any:
+    if spec.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=list(spec.target_modules or LINEAR_LAYERS),
+        use_dora=spec.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    import random
+
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def _batch_rows(step: int, n: int, spec: SftSpec) -> list[int]:
+    """Row indices of optimizer step `step` (0-based): epochs walk a seeded permutation."""
+    per_epoch = max(1, math.ceil(n / spec.batch_size))
+    epoch, offset = divmod(step, per_epoch)
+    return _order(n, spec.seed, epoch)[offset * spec.batch_size : (offset + 1) * spec.batch_size]
+
+
+def total_steps(n_train: int, spec: SftSpec) -> int:
+    if spec.max_steps is not None:
+        return spec.max_steps
+    return max(1, math.ceil(spec.epochs * n_train / spec.batch_size))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _micro_batches(
+    examples: Sequence[Example], masks: Sequence[list[int] | None], data: _Data, spec: SftSpec
+) -> list[tuple[Any, Any, Any, int]]:
+    """(input_ids, attention, labels, labelled tokens) per micro-batch."""
+    micro = spec.micro_batch or spec.batch_size
+    out = []
+    for start in range(0, len(examples), micro):
+        ids, attention, labels = modeling.pad_batch(
+            examples[start : start + micro], data.pad_id, spec.max_length, masks[start : start + micro]
+        )
+        out.append((ids, attention, labels, int((labels[:, 1:] >= 0).sum())))
+    return out
+
+
+def _summed_loss(model: Any, batch: tuple[Any, Any, Any, int]) -> Any:
+    device = next(model.parameters()).device
+    ids, attention, labels, count = batch
+    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+    mean, _ = modeling.masked_lm_loss(logits, labels.to(device))
+    return mean * count
+
+
+def _train_step(model: Any, optimizer: Any, rows: list[int], data: _Data, spec: SftSpec) -> tuple[float, int]:
+    import torch
+
+    batches = _micro_batches([data.train[i] for i in rows], [data.train_masks[i] for i in rows], data, spec)
+    total_tokens = sum(b[3] for b in batches)
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = 0.0
+    for batch in batches:
+        summed = _summed_loss(model, batch)
+        # Dividing every micro-batch by the batch's token count makes the sum of gradients the
+        # gradient of the batch's mean token loss, whatever the micro-batch split.
+        (summed / max(1, total_tokens)).backward()
+        loss_total += float(summed.detach())
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    return loss_total / max(1, total_tokens), total_tokens
+
+
+def evaluate_loss(model: Any, data: _Data, spec: SftSpec) -> float | None:
+    import torch
+
+    if not data.eval:
+        return None
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in _micro_batches(data.eval, data.eval_masks, data, spec):
+            total, count = total + float(_summed_loss(model, batch)), count + batch[3]
+    return total / max(1, count)
+
+
+def _snapshot(model: Any, optimizer: Any, state: _State, path: Path) -> None:
+    import torch
+
+    trainable = {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "step": state.step,
+            "curve": state.curve,
+            "tokens": state.tokens,
+            "seconds": state.seconds,
+            "weights": trainable,
+            "optimizer": optimizer.state_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # a crash mid-write leaves the previous snapshot whole
+
+
+def _restore(model: Any, optimizer: Any, path: Path) -> _State:
+    import torch
+
+    if not path.is_file():
+        return _State()
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in saved["weights"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(saved["optimizer"])
+    return _State(step=saved["step"], curve=saved["curve"], tokens=saved["tokens"], seconds=saved["seconds"])
+
+
+def _optimizer(model: Any, spec: SftSpec) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+
+
+def _loop(
+    model: Any, optimizer: Any, data: _Data, spec: SftSpec, workdir: Path, progress: Progress
+) -> _State:
+    state = _restore(model, optimizer, workdir / "resume.pt")
+    total = total_steps(len(data.train), spec)
+    if state.step == 0 and data.eval:
+        model.eval()
+        state.curve["eval"].append([0, evaluate_loss(model, data, spec) or 0.0])
+    while state.step < total:
+        started = time.monotonic()
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr * _lr_factor(state.step, total, spec.warmup_steps)
+        model.train()
+        loss, tokens = _train_step(
+            model, optimizer, _batch_rows(state.step, len(data.train), spec), data, spec
+        )
+        state.step += 1
+        state.tokens += tokens
+        state.seconds += time.monotonic() - started
+        state.curve["train"].append([state.step, loss])
+        if state.step % spec.eval_every == 0 or state.step == total:
+            model.eval()
+            held = evaluate_loss(model, data, spec)
+            if held is not None:
+                state.curve["eval"].append([state.step, held])
+        progress(state.step / total, f"step {state.step}/{total}", {"train_loss": loss, "step": state.step})
+        if state.step % spec.checkpoint_every == 0 and state.step < total:
+            _snapshot(model, optimizer, state, workdir / "resume.pt")
+    return state
+
+
+def train(
+    rows: Sequence[dict[str, Any]], source: ModelSource, spec: SftSpec, workdir: Path, progress: Progress
+) -> SftResult:
+    import torch
+
+    if not rows:
+        raise ValueError("the dataset has no rows")
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    device = modeling.pick_device(spec.device)
+    tokenizer = modeling.load_tokenizer(source)
+    data = _split(tokenizer, rows, spec)
+    model = _wrap(modeling.load_model(source, device, trainable=True), spec)
+    optimizer = _optimizer(model, spec)
+    state = _loop(model, optimizer, data, spec, workdir, progress)
+    model.eval()
+    return _finish(model, spec, workdir, state, data)
+
+
+def _finish(model: Any, spec: SftSpec, workdir: Path, state: _State, data: _Data) -> SftResult:
+    adapter, adapter_config = None, None
+    if spec.method != "full":
+        model.save_pretrained(str(workdir / "adapter"))
+        adapter = workdir / "adapter" / "adapter_model.safetensors"
+        adapter_config = model.peft_config["default"].to_dict()
+        model = model.merge_and_unload()
+    weights = modeling.save_weights(model, workdir / "model.safetensors")
+    trainable = sum(p.numel() for p in model.parameters())
+    metrics = {
+        "steps": state.step,
+        "train_rows": len(data.train),
+        "eval_rows": len(data.eval),
+        "train_tokens": state.tokens,
+        "seconds": round(state.seconds, 3),
+        "final_train_loss": state.curve["train"][-1][1] if state.curve["train"] else None,
+        "final_eval_loss": state.curve["eval"][-1][1] if state.curve["eval"] else None,
+        "initial_eval_loss": state.curve["eval"][0][1] if state.curve["eval"] else None,
+        "parameters": trainable,
+        "method": spec.method,
+    }
+    return SftResult(weights, adapter, _jsonable(adapter_config), state.curve, metrics)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return (
+            [_jsonable(v) for v in sorted(value, key=str)]
+            if isinstance(value, set)
+            else [_jsonable(v) for v in value]
+        )
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

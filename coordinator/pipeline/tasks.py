@@ -1,0 +1,424 @@
+"""Background functions of pipeline jobs, run on the `train` queue by trusted machines.
+
+`run_job(job_id, token)` is the only task. It claims the job with the token it was given (so a
+duplicate or superseded task does nothing), heartbeats while it works, and ends the job `done`,
+`failed`, or `waiting`: a job that handed work to volunteers (an evaluation campaign, GRPO
+rollouts) parks itself and enqueues its own next look with a fresh token, `poll_s` later.
+Every executor is idempotent: outputs are content-addressed, campaigns and policy versions are
+found again by name and number, and SFT and GRPO resume from snapshots in the job's work folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from coordinator.db import transaction
+from coordinator.pipeline import rl, service
+from coordinator.pipeline.models import DONE, FAILED, Artifact, PipelineJob
+from coordinator.pipeline.ops import evaluate, selection, sft
+from coordinator.pipeline.ops.modeling import ModelSource
+from coordinator.pipeline.schemas import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
+from coordinator.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+RUN_TASK = "coordinator.pipeline.tasks.run_job"
+T = TypeVar("T")
+
+
+class JobLost(Exception):
+    """The job was cancelled or handed to another runner while this one worked."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    waiting: bool = False
+    poll_s: float = 0.0
+    stage: str = ""
+
+
+def enqueue(runtime: Runtime, job_id: uuid.UUID, token: uuid.UUID, delay_s: float = 0.0) -> None:
+    runtime.queue.enqueue(RUN_TASK, str(job_id), str(token), delay_s, queue=runtime.settings.train_queue)
+
+
+class Runner:
+    """What an executor uses: sessions, throttled progress, outputs, the job's work folder."""
+
+    def __init__(self, runtime: Runtime, job_id: uuid.UUID, token: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.job_id = job_id
+        self.token = token
+        self.files = service.store(runtime.settings)
+        self.workdir = service.workdir(runtime.settings, job_id)
+        self._last = 0.0
+        self._lost = threading.Event()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        with transaction(self.runtime.sessions) as session:
+            yield session
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        with self.session() as session:
+            return work(session)
+
+    def job(self, session: Session) -> PipelineJob:
+        return service.get_job(session, self.job_id)
+
+    def progress(
+        self, fraction: float, stage: str, metrics: dict[str, Any] | None = None, force: bool = False
+    ) -> None:
+        """Record progress (at most once a second unless forced); raises JobLost if the job is gone.
+        Never call it inside `session()`: SQLite allows one writer, and that would be two."""
+        if self._lost.is_set():
+            raise JobLost()
+        now = time.monotonic()
+        if not force and now - self._last < 1.0:
+            return
+        self._last = now
+        values: dict[str, Any] = {"progress": max(0.0, min(1.0, fraction)), "stage": stage[:256]}
+        if metrics is not None:
+            values["metrics"] = metrics
+        with self.session() as session:
+            if not service.touch(session, self.job_id, self.token, **values):
+                self._lost.set()
+                raise JobLost()
+
+    @contextlib.contextmanager
+    def keepalive(self) -> Iterator[None]:
+        """Heartbeat from a side thread, so a long step (loading a model) never looks like a crash."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(service.KEEPALIVE_S):
+                with self.session() as session:
+                    if not service.touch(session, self.job_id, self.token):
+                        self._lost.set()
+                        return
+
+        thread = threading.Thread(target=beat, name=f"pipeline-keepalive-{self.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def output(
+        self,
+        label: str,
+        path: Path,
+        *,
+        kind: str,
+        name: str,
+        filename: str,
+        media_type: str,
+        meta: dict[str, Any],
+    ) -> Artifact:
+        with self.session() as session:
+            artifact = service.register_artifact(
+                session,
+                self.files,
+                path,
+                kind=kind,
+                name=name,
+                filename=filename,
+                media_type=media_type,
+                job_id=self.job_id,
+                meta=meta,
+            )
+            service.set_output(session, self.job_id, label, artifact)
+            return artifact
+
+    def json_output(self, label: str, document: dict[str, Any], *, kind: str, name: str) -> Artifact:
+        path = self.workdir / f"{label}.json"
+        _write_text(path, json.dumps(document, indent=1, sort_keys=True, default=str) + "\n")
+        return self.output(
+            label, path, kind=kind, name=name, filename=path.name, media_type="application/json", meta={}
+        )
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def run_job(job_id: str, token: str, delay_s: float = 0.0) -> None:
+    if delay_s > 0:
+        time.sleep(delay_s)
+    runtime = get_runtime()
+    jid, tok = uuid.UUID(job_id), uuid.UUID(token)
+    with transaction(runtime.sessions) as session:
+        if not service.claim(session, jid, tok):
+            return  # done, cancelled, superseded, or someone else is running it
+        kind = service.get_job(session, jid).kind
+    runner = Runner(runtime, jid, tok)
+    try:
+        with runner.keepalive():
+            outcome = EXECUTORS[kind](runner)
+    except JobLost:
+        log.info("pipeline job %s was cancelled or taken over; this runner stops", jid)
+        return
+    except Exception as exc:
+        log.exception("pipeline job %s failed", jid)
+        with transaction(runtime.sessions) as session:
+            service.finish(session, jid, tok, FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+        return
+    _settle(runtime, runner, outcome)
+
+
+def _settle(runtime: Runtime, runner: Runner, outcome: Outcome) -> None:
+    with transaction(runtime.sessions) as session:
+        if not outcome.waiting:
+            service.finish(session, runner.job_id, runner.token, DONE)
+            return
+        token = service.wait(session, runner.job_id, runner.token, outcome.stage)
+    if token is not None:
+        enqueue(runtime, runner.job_id, token, outcome.poll_s)
+
+
+def requeue_stalled(runtime: Runtime | None = None) -> int:
+    """Give every job whose task chain died (a killed process, a lost queue) a new chain.
+    Meant for a periodic sweeper; safe to run any time (a live chain is never stalled)."""
+    runtime = runtime or get_runtime()
+    with transaction(runtime.sessions) as session:
+        stalled = list(service.stalled_jobs(session))
+        tokens = [(job_id, service.resume(session, job_id)) for job_id in stalled]
+    for job_id, token in tokens:
+        enqueue(runtime, job_id, token)
+    return len(tokens)
+
+
+# --------------------------------------------------------------------------- select
+
+
+def _select(runner: Runner) -> Outcome:
+    with runner.session() as session:
+        job = runner.job(session)
+        spec = SelectSpec.model_validate(job.spec)
+        records = list(service.accepted_records(session, spec.campaign_ids))
+        verifier_specs = service.verifier_specs(session, spec.campaign_ids)
+        name = job.name
+    ctx = selection.Context(
+        scores=lambda ids: runner.read(lambda s: service.verified_scores(s, ids)),
+        scorer=_scorers(runner),
+        verify=lambda record, text: _reverify(verifier_specs, record, text),
+        embed=selection.embed_minilm,
+        source_campaigns=[str(c) for c in spec.campaign_ids],
+        progress=lambda fraction, stage: runner.progress(fraction, stage),
+    )
+    candidates, reports = selection.run(records, spec.steps, ctx)
+    kept = [c for c in candidates if c.dropped is None]
+    dataset = runner.workdir / "dataset.jsonl"
+    _write_text(
+        dataset, "".join(json.dumps(_dataset_row(c), sort_keys=True, default=str) + "\n" for c in kept)
+    )
+    data_artifact = runner.output(
+        "dataset",
+        dataset,
+        kind="dataset",
+        name=f"{name}/dataset",
+        filename="dataset.jsonl",
+        media_type="application/x-ndjson",
+        meta={"rows": len(kept), "sources": ctx.source_campaigns},
+    )
+    manifest = _manifest(spec, candidates, reports, data_artifact.sha256)
+    runner.json_output("manifest", manifest, kind="manifest", name=f"{name}/manifest")
+    metrics = {
+        "considered": len(candidates),
+        "kept": len(kept),
+        "steps": [asdict(r) for r in reports],
+        "dataset": data_artifact.sha256,
+    }
+    runner.progress(1.0, "selected", metrics, force=True)
+    return Outcome()
+
+
+def _scorers(runner: Runner) -> Callable[[str, str], selection.ScoredModel]:
+    cache: dict[tuple[str, str], selection.ScoredModel] = {}
+
+    def scorer(model: str, device: str) -> selection.ScoredModel:
+        if (model, device) not in cache:
+            source = runner.read(lambda s: service.resolve(s, runner.settings, model))
+            cache[(model, device)] = selection.scorer_for(source, device)
+        return cache[(model, device)]
+
+    return scorer
+
+
+def _reverify(specs: dict[tuple[str, str], dict[str, Any]], record: dict[str, Any], text: str) -> bool:
+    from shared.protocol import VerifierSpec
+    from verifier.api import verify
+
+    spec = specs.get((str(record["campaign_id"]), str(record["problem_id"])))
+    return spec is not None and verify(VerifierSpec.model_validate(spec), text).passed
+
+
+DATASET_FIELDS = (
+    "id",
+    "campaign_id",
+    "campaign",
+    "problem_set",
+    "source",
+    "problem_id",
+    "messages",
+    "prompt",
+    "completion",
+    "model",
+    "sampling",
+    "score",
+    "passed",
+    "finish_reason",
+    "completion_tokens",
+)
+
+
+def _dataset_row(c: selection.Candidate) -> dict[str, Any]:
+    row = {k: c.record.get(k) for k in DATASET_FIELDS}
+    values = dict(c.values)
+    row["mask_model"] = values.pop("mask_model", None)
+    row["loss_mask"] = c.loss_mask
+    row["selection"] = values
+    return row
+
+
+def _manifest(
+    spec: SelectSpec,
+    candidates: list[selection.Candidate],
+    reports: list[selection.StepReport],
+    dataset_sha: str,
+) -> dict[str, Any]:
+    return {
+        "kind": "selection-manifest",
+        "spec": spec.model_dump(mode="json"),
+        "dataset": dataset_sha,
+        "considered": len(candidates),
+        "kept": sum(c.dropped is None for c in candidates),
+        "steps": [asdict(r) for r in reports],
+        "records": [
+            {
+                "id": c.record["id"],
+                "problem_id": c.problem,
+                "kept": c.dropped is None,
+                "dropped_by": c.dropped,
+                "values": {k: v for k, v in c.values.items() if k != "mask_model"},
+            }
+            for c in candidates
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- sft
+
+
+def _sft(runner: Runner) -> Outcome:
+    with runner.session() as session:
+        job = runner.job(session)
+        spec = SftSpec.model_validate(job.spec)
+        source = service.resolve(session, runner.settings, spec.model)
+        base = service.base_model_name(session, spec.model)
+        name = job.name
+    rows = service.read_jsonl(runner.files, spec.dataset)
+    runner.progress(0.0, f"training on {len(rows)} rows", force=True)
+
+    def progress(fraction: float, stage: str, latest: dict[str, Any]) -> None:
+        runner.progress(0.98 * fraction, stage, {"latest": latest})
+
+    result = sft.train(rows, source, spec, runner.workdir, progress)
+    checkpoint = _sft_outputs(runner, name, base, spec, result)
+    metrics = {**result.metrics, "model": artifact_model_name(checkpoint.sha256)}
+    report = {
+        "kind": "sft-report",
+        "spec": spec.model_dump(mode="json"),
+        "curve": result.curve,
+        "metrics": metrics,
+    }
+    runner.json_output("report", report, kind="report", name=f"{name}/report")
+    runner.progress(1.0, "trained", metrics, force=True)
+    return Outcome()
+
+
+def _sft_outputs(runner: Runner, name: str, base: str, spec: SftSpec, result: sft.SftResult) -> Artifact:
+    """The merged checkpoint (what is served) and, for LoRA/DoRA, the adapter on its own."""
+    octets = "application/octet-stream"
+    lineage = {"base_model": base, "parent_model": spec.model}
+    checkpoint = runner.output(
+        "checkpoint", result.weights, kind="checkpoint", name=f"{name}/checkpoint",
+        filename="model.safetensors", media_type=octets,
+        meta={**lineage, "method": spec.method, "dataset": spec.dataset},
+    )  # fmt: skip
+    if result.adapter is not None:
+        runner.output(
+            "adapter", result.adapter, kind="adapter", name=f"{name}/adapter",
+            filename="adapter_model.safetensors", media_type=octets,
+            meta={**lineage, "adapter_config": result.adapter_config},
+        )  # fmt: skip
+    return checkpoint
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(runner: Runner) -> Outcome:
+    with runner.session() as session:
+        job = runner.job(session)
+        spec = EvaluateSpec.model_validate(job.spec)
+        campaign_id = uuid.UUID(job.state["campaign"]) if "campaign" in job.state else None
+        if campaign_id is None:
+            campaign_id = service.evaluation_campaign(session, job, spec)
+            job.state = {**job.state, "campaign": str(campaign_id), "campaigns": [str(campaign_id)]}
+        verified, total = service.campaign_progress(session, campaign_id)
+        reports = service.strategy_report(session, campaign_id) if verified >= total else None
+        name = job.name
+    stage = f"{verified}/{total} samples verified"
+    if reports is None:
+        runner.progress(0.99 * verified / max(1, total), stage, force=True)
+        return Outcome(waiting=True, poll_s=spec.poll_s, stage=stage)
+    document = evaluate.document(
+        spec.model, str(spec.problem_set_id), str(campaign_id), reports, spec.model_dump(mode="json")
+    )
+    artifact = runner.json_output("report", document, kind="report", name=f"{name}/report")
+    runner.progress(1.0, stage, {**evaluate.summarize(reports), "report": artifact.sha256}, force=True)
+    return Outcome()
+
+
+# --------------------------------------------------------------------------- grpo
+
+
+def _grpo(runner: Runner) -> Outcome:
+    from coordinator.pipeline import trainer
+
+    with runner.session() as session:
+        job = runner.job(session)
+        spec = GrpoSpec.model_validate(job.spec)
+        source = service.resolve(session, runner.settings, spec.model)
+        base = service.base_model_name(session, spec.model)
+        current = rl.latest(session, job.id)
+    if current is None:
+        trainer.publish_initial(runner, spec, source, base)
+        return Outcome(waiting=True, poll_s=spec.poll_s, stage="v0 published; rolling out")
+    if current.version >= spec.steps:
+        trainer.finalize(runner, current.sha256)
+        return Outcome()
+    if trainer.advance(runner, spec, ModelSource(source.base, None), base, current):
+        return _grpo(runner)  # a new version: finished, or its rollouts just started
+    return Outcome(waiting=True, poll_s=spec.poll_s, stage="waiting for rollouts")
+
+
+EXECUTORS: dict[str, Callable[[Runner], Outcome]] = {
+    "select": _select,
+    "sft": _sft,
+    "evaluate": _evaluate,
+    "grpo": _grpo,
+}

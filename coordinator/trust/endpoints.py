@@ -1,0 +1,74 @@
+"""Operator endpoints of the trust area: worker records, validations, quarantine, tokens."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response
+
+from coordinator.db import transaction
+from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
+from coordinator.trust import service, tasks
+from coordinator.trust.schemas import Requeued, TrustOut, ValidationOut
+from shared.protocol import Routes, TokenOut
+
+router = APIRouter(tags=["trust"])
+WORKER = Routes.workers + "/{worker_id}"
+
+
+@router.get("/trust/workers", response_model=list[TrustOut])
+def records(
+    session: SessionDep, rt: RuntimeDep, _: OperatorDep, limit: int = 100, offset: int = 0
+) -> list[TrustOut]:
+    return service.records(session, rt.settings.validation_floor, min(max(limit, 1), 1000), max(offset, 0))
+
+
+@router.get(WORKER + "/trust", response_model=TrustOut)
+def record(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
+    return service.record_of(session, worker_id, rt.settings.validation_floor)
+
+
+@router.get("/trust/validations", response_model=list[ValidationOut])
+def validations(
+    session: SessionDep,
+    _: OperatorDep,
+    worker_id: uuid.UUID | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[ValidationOut]:
+    return service.validations(session, worker_id, status, min(max(limit, 1), 10_000), max(offset, 0))
+
+
+@router.post(WORKER + "/trust/restore", response_model=TrustOut)
+def restore(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
+    service.restore(session, worker_id)
+    return service.record_of(session, worker_id, rt.settings.validation_floor)
+
+
+@router.post(WORKER + "/trust/ban", response_model=TrustOut)
+def ban(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
+    service.ban(session, worker_id)
+    return service.record_of(session, worker_id, rt.settings.validation_floor)
+
+
+@router.post(WORKER + "/trust/revalidate", response_model=Requeued)
+def revalidate(worker_id: uuid.UUID, rt: RuntimeDep, _: OperatorDep) -> Requeued:
+    # Enqueue only after the withdrawal is committed, so no task can find the traces unmarked.
+    with transaction(rt.sessions) as session:
+        ids = service.revalidate(session, worker_id)
+    tasks.enqueue_validation(rt, ids)
+    return Requeued(worker_id=worker_id, traces=len(ids))
+
+
+@router.post(WORKER + "/token", response_model=TokenOut, status_code=201)
+def rotate_token(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> TokenOut:
+    token = service.rotate_token(session, worker_id)
+    worker = service.worker_scope(session, worker_id)
+    return TokenOut(worker_id=worker_id, token=token, scope=worker)
+
+
+@router.delete(WORKER + "/token", status_code=204)
+def revoke_token(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> Response:
+    service.revoke_token(session, worker_id)
+    return Response(status_code=204)

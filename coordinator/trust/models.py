@@ -1,0 +1,65 @@
+"""Trust records: one per worker, and one row per validation run."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+
+# traces.validation: what the spot-check policy decided for a trace, and what came of it.
+SKIPPED = "skipped"  # not drawn for validation
+QUEUED = "queued"  # a validation task will re-score it
+PASSED = "passed"
+FAILED = "failed"
+UNVERIFIABLE = "unverifiable"  # the engine could not apply the seeded sampler: nothing to re-score
+ERROR = "error"  # the validator could not run (model unavailable); trust is left alone
+
+# validations.purpose
+SPOT_CHECK = "spot-check"  # drawn by the adaptive policy: the outcome moves the worker's trust
+RECHECK = "recheck"  # a withdrawn trace re-validated after a failure: the outcome only decides the trace
+
+
+class WorkerTrust(Base):
+    """A worker's standing: consecutive passed validations, and the quarantine after a failure."""
+
+    __tablename__ = "worker_trust"
+
+    worker_id: Mapped[uuid.UUID] = mapped_column(
+        GUID, ForeignKey("workers.id", ondelete="CASCADE"), primary_key=True
+    )
+    trust: Mapped[int] = mapped_column(Integer, default=0)  # consecutive passes; 0 after any failure
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    passed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    unverifiable: Mapped[int] = mapped_column(Integer, default=0)
+    # created_at of the newest trace that passed a spot-check: a failure withdraws everything after it
+    vouched_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_failure: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Validation(Base):
+    """One re-scoring of one trace, with its evidence (worst position, margin, logprob error)."""
+
+    __tablename__ = "validations"
+    __table_args__ = (Index("ix_validations_worker_created", "worker_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
+    trace_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("traces.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("workers.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    margin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    logprob_error: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tolerance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    validator: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # model, device, dtype
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,439 @@
+"""Validation by re-scoring: is a claimed trace what the seeded sampler picks from the model's logits?
+
+Input: the logits of one prefill of prompt + claimed completion (row p predicts completion token p)
+and what the job told the worker. At each position the rule of docs/worker.md is recomputed with
+shared/sampling.py and budget forcing is replayed (forcing.py), then:
+
+* a forced position must carry the forced token, with the raw log-softmax as its logprob;
+* a sampled position must carry the perturbed argmax *within a tolerance*: with scores
+  s = logits/T + G, its margin T * (s[claimed] - max over other allowed s) must be >= -2 eps,
+  where eps bounds the honest difference between the worker's logits and the validator's
+  (another device, dtype, batch or padding). Honest arithmetic moves each logit by at most eps,
+  so the worker's winner can trail by at most 2 eps here; a token it did not pick trails by O(1);
+* the claimed logprob must lie in the range honest arithmetic allows (2 eps / T around it).
+
+The allowed set itself (top-k, top-p) can shift with the same noise, so two are built: a loose one
+(every token an honest worker could have allowed) that must contain the claimed token, and a strict
+one (every token it must have allowed) whose best competitor the claimed token must beat.
+Margins are reported in logit units, so one tolerance serves every temperature. The sampled rows
+of many traces are scored together (`rescore_many`): the work is a few array operations per chunk
+of rows, not per trace, which is what keeps validation cheap next to generation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.trust.forcing import BudgetState, BudgetTokens
+from shared.protocol import BudgetForcing, SamplingParams
+from shared.sampling import filtered_logprobs, gumbel_noise
+
+CHUNK_ELEMENTS = 1 << 22  # rows x vocab scored at once: bounds the float64 temporaries (~32 MiB each)
+FLOAT_SLACK = 1e-9  # float64 rounding in the recomputation itself, far below any honest noise
+
+
+@dataclass(frozen=True)
+class JobRules:
+    """What the validator knows about the job: exactly what the worker was told, plus the model's
+    stop ids and the completion length the worker's context allowed."""
+
+    sampling: SamplingParams
+    sample_index: int
+    limit: int
+    stops: frozenset[int]
+    budget: BudgetForcing | None = None
+    budget_tokens: BudgetTokens | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    tokens: Sequence[int]
+    logprobs: Sequence[float]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """One trace to re-score: its prefill logits ([n, vocab], any float dtype and device)."""
+
+    logits: Any
+    rules: JobRules
+    claim: Claim
+    eps: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one re-scoring, with its evidence."""
+
+    passed: bool
+    reason: str
+    position: int | None  # the first failing position; when passed, the position of the worst margin
+    margin: float  # worst margin over sampled positions, logit units (+inf when nothing was sampled)
+    logprob_error: float  # worst distance of a claimed logprob outside its honest range, in nats
+    tolerance: float  # eps, the honest logit noise allowed
+    positions: int
+    needed: float = math.inf  # the smallest eps this trace passes with (calibration), in logit units
+
+    def details(self) -> dict[str, Any]:
+        """JSON-safe: infinities and NaN (nothing sampled, or a failure before scoring) become None."""
+        return {
+            "reason": self.reason,
+            "position": self.position,
+            "margin": _finite(self.margin),
+            "logprob_error": _finite(self.logprob_error),
+            "tolerance": self.tolerance,
+            "needed": _finite(self.needed),
+            "positions": self.positions,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class _Plan:
+    """Per position: the forced token, or the ids suppressed / watched before sampling."""
+
+    forced: dict[int, int] = field(default_factory=dict)
+    suppress: dict[int, frozenset[int]] = field(default_factory=dict)
+    watch: dict[int, frozenset[int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Scores:
+    """Per position: margin (logit units), the honest logprob range, and how many eps of logprob
+    error honest noise can cause there (2 / T when sampled, 2 for the raw log-softmax)."""
+
+    margin: list[float]
+    low: list[float]
+    high: list[float]
+    slack: list[float]
+
+    @classmethod
+    def empty(cls, claim: Claim) -> _Scores:
+        n = len(claim.tokens)
+        return cls([math.inf] * n, list(claim.logprobs), list(claim.logprobs), [0.0] * n)
+
+
+@dataclass
+class _Rows:
+    """Sampled rows to score together, from one or many traces."""
+
+    sampling: list[SamplingParams] = field(default_factory=list)
+    sample_indices: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    suppress: list[frozenset[int]] = field(default_factory=list)
+    eps: list[float] = field(default_factory=list)
+
+    def add(self, rules: JobRules, position: int, token: int, suppress: frozenset[int], eps: float) -> None:
+        self.sampling.append(rules.sampling)
+        self.sample_indices.append(rules.sample_index)
+        self.positions.append(position)
+        self.tokens.append(token)
+        self.suppress.append(suppress)
+        self.eps.append(eps)
+
+
+class _Failure(Exception):
+    def __init__(self, position: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.position = position
+        self.reason = reason
+
+
+def rescore(logits: Any, rules: JobRules, claim: Claim, eps: float) -> Outcome:
+    """Check one claim against `logits` ([n, vocab] torch tensor, any float dtype, any device)."""
+    return rescore_many([Case(logits, rules, claim, eps)])[0]
+
+
+def rescore_many(cases: Sequence[Case]) -> list[Outcome]:
+    """Check many claims, scoring the sampled rows of all of them in shared chunks."""
+    plans: list[_Plan | Outcome] = [_prepare(case) for case in cases]
+    scores = [_Scores.empty(case.claim) for case in cases]
+    for i, case in enumerate(cases):
+        plan = plans[i]
+        if isinstance(plan, _Plan):
+            _forced_scores(case, plan, scores[i])
+    _sampled_scores(cases, plans, scores)
+    return [
+        plan if isinstance(plan, Outcome) else _verdict(case, plan, score)
+        for case, plan, score in zip(cases, plans, scores, strict=True)
+    ]
+
+
+def _prepare(case: Case) -> _Plan | Outcome:
+    try:
+        _check_shape(case)
+        plan = _replay(case)
+        _check_ending(case.rules, case.claim, plan)
+        return plan
+    except _Failure as failure:
+        n = len(case.claim.tokens)
+        return Outcome(False, failure.reason, failure.position, -math.inf, math.nan, case.eps, n)
+
+
+def _check_shape(case: Case) -> None:
+    claim, rules, rows = case.claim, case.rules, int(case.logits.shape[0])
+    n = len(claim.tokens)
+    if len(claim.logprobs) != n or rows != n:
+        raise _Failure(None, f"{n} tokens, {len(claim.logprobs)} logprobs, {rows} logit rows")
+    if n > rules.limit:
+        raise _Failure(rules.limit, f"{n} tokens exceed the {rules.limit} the job allowed")
+    vocab = int(case.logits.shape[-1])
+    for p, token in enumerate(claim.tokens):
+        if not 0 <= token < vocab:
+            raise _Failure(p, f"token id {token} is outside the vocabulary")
+
+
+def _replay(case: Case) -> _Plan:
+    """Walk the budget-forcing rule over the claimed tokens (no budget: every position sampled)."""
+    plan, rules = _Plan(), case.rules
+    if rules.budget is None or rules.budget_tokens is None:
+        return plan
+    state = BudgetState(rules.budget, rules.budget_tokens)
+    wait_start = rules.budget_tokens.wait[0]
+    for p, token in enumerate(case.claim.tokens):
+        step = state.step()
+        if step.forced is not None:
+            if token != step.forced:
+                raise _Failure(p, f"budget forcing puts token {step.forced} here, the trace has {token}")
+            plan.forced[p] = token
+        elif step.watch and token == wait_start and _was_early_end(case, p, step.watch, wait_start):
+            plan.forced[p] = state.start_wait()
+        else:
+            plan.suppress[p], plan.watch[p] = step.suppress, step.watch
+        state.advance(token)
+    return plan
+
+
+def _was_early_end(case: Case, p: int, watch: frozenset[int], wait_start: int) -> bool:
+    """The wait text's first token at a watched position: the worker either sampled it, or sampled
+    an early end of thinking and replaced it. The reading whose winner wins by more is taken; they
+    tie only if the wait token and an end token score within 2 eps of each other, and a wrong
+    reading then shows up as a failure at the next positions."""
+    import torch
+
+    rows = _Rows()
+    rows.add(case.rules, p, wait_start, frozenset(), case.eps)
+    row = case.logits[p : p + 1]
+    as_sampled = _score_rows(row, rows).margin[0]
+    scores, strict, loose, temps = _perturbed(_masked(row, rows.suppress), rows)
+    ends = torch.zeros_like(loose)
+    ends[0, sorted(watch)] = True
+    best_end = float(torch.where(ends & loose, scores, -math.inf).max())
+    best_other = float(torch.where(strict & ~ends, scores, -math.inf).max())
+    as_replaced = (best_end - best_other) * float(temps[0, 0]) if best_end > -math.inf else -math.inf
+    return as_replaced > as_sampled
+
+
+def _check_ending(rules: JobRules, claim: Claim, plan: _Plan) -> None:
+    """A sampled stop token ends the completion: nothing may follow it, and 'stop' needs one last;
+    'length' means the job's limit was reached."""
+    tokens, n = claim.tokens, len(claim.tokens)
+    for p, token in enumerate(tokens[:-1]):
+        if token in rules.stops and p not in plan.forced:
+            raise _Failure(p, "the trace goes on after a stop token")
+    ends_on_stop = n > 0 and tokens[-1] in rules.stops and (n - 1) not in plan.forced
+    if claim.finish_reason == "stop" and not ends_on_stop:
+        raise _Failure(n - 1 if n else None, "finish_reason 'stop' without a final stop token")
+    if claim.finish_reason == "length" and (ends_on_stop or n != rules.limit):
+        raise _Failure(n - 1 if n else None, f"finish_reason 'length' after {n} of {rules.limit} tokens")
+    if claim.finish_reason not in ("stop", "length"):
+        raise _Failure(None, f"finish_reason {claim.finish_reason!r} cannot be validated")
+
+
+def _forced_scores(case: Case, plan: _Plan, scores: _Scores) -> None:
+    """A forced token's logprob is the model's raw log-softmax (no temperature, no filter)."""
+    import torch
+
+    if not plan.forced:
+        return
+    rows = sorted(plan.forced)
+    raw = torch.log_softmax(case.logits[rows].to(torch.float64), dim=-1)
+    picked = raw.gather(-1, torch.tensor([case.claim.tokens[p] for p in rows], device=raw.device)[:, None])
+    for p, value in zip(rows, picked[:, 0].tolist(), strict=True):
+        scores.low[p] = scores.high[p] = float(value)
+        scores.slack[p] = 2.0
+
+
+def _sampled_scores(cases: Sequence[Case], plans: Sequence[_Plan | Outcome], scores: list[_Scores]) -> None:
+    """Score every sampled row of every case, whole cases at a time, about CHUNK_ELEMENTS per pass."""
+    batch: list[tuple[int, list[int]]] = []
+    size = 0
+    for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
+        if not isinstance(plan, _Plan):
+            continue
+        rows = [p for p in range(len(case.claim.tokens)) if p not in plan.forced]
+        if not rows:
+            continue
+        batch.append((i, rows))
+        size += len(rows) * int(case.logits.shape[-1])
+        if size >= CHUNK_ELEMENTS:
+            _score_batch(cases, plans, scores, batch)
+            batch, size = [], 0
+    if batch:
+        _score_batch(cases, plans, scores, batch)
+
+
+def _score_batch(
+    cases: Sequence[Case],
+    plans: Sequence[_Plan | Outcome],
+    scores: list[_Scores],
+    batch: list[tuple[int, list[int]]],
+) -> None:
+    import torch
+
+    rows, parts = _Rows(), []
+    for i, positions in batch:
+        case, plan = cases[i], plans[i]
+        assert isinstance(plan, _Plan)
+        for p in positions:
+            rows.add(case.rules, p, case.claim.tokens[p], plan.suppress.get(p, frozenset()), case.eps)
+        index = torch.tensor(positions, device=case.logits.device)
+        parts.append(case.logits.index_select(0, index))
+    part = _score_rows(torch.cat(parts), rows)
+    start = 0
+    for i, positions in batch:
+        target = scores[i]
+        for k, p in enumerate(positions, start):
+            target.margin[p], target.low[p], target.high[p] = part.margin[k], part.low[k], part.high[k]
+            target.slack[p] = part.slack[k]
+        start += len(positions)
+
+
+def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
+    claim, eps = case.claim, case.eps
+    n, margins = len(claim.tokens), scores.margin
+    worst_margin = min(margins, default=math.inf)
+    worst_at = margins.index(worst_margin) if n and math.isfinite(worst_margin) else None
+    errors = [max(scores.low[p] - lp, lp - scores.high[p], 0.0) for p, lp in enumerate(claim.logprobs)]
+    worst_error = max(errors, default=0.0)
+    # a margin m needs eps >= -m / 2; a logprob error e at a position allowing k * eps needs e / k
+    needed = max(
+        [0.0, *(-m / 2 for m in margins), *(e / k for e, k in zip(errors, scores.slack, strict=True))]
+    )
+    for p in range(n):
+        reason = None
+        if claim.tokens[p] in plan.watch.get(p, frozenset()):
+            reason = "an early end of thinking was kept instead of the wait text"
+        elif margins[p] < -2 * eps:
+            reason = f"token {claim.tokens[p]} is not the sampler's pick (margin {margins[p]:.4g})"
+        elif errors[p] > scores.slack[p] * eps + FLOAT_SLACK:
+            reason = f"claimed logprob {claim.logprobs[p]:.6g} is off by {errors[p]:.4g}"
+        if reason is not None:
+            return Outcome(False, reason, p, worst_margin, worst_error, eps, n, needed)
+    return Outcome(True, "", worst_at, worst_margin, worst_error, eps, n, needed)
+
+
+# --------------------------------------------------------------------------- row arithmetic
+
+
+def _masked(logits: Any, suppress: Sequence[frozenset[int]]) -> Any:
+    """float64 copy of the rows with each row's suppressed ids at -inf."""
+    import torch
+
+    rows = logits.to(torch.float64, copy=True)
+    for k, ids in enumerate(suppress):
+        if ids:
+            rows[k, sorted(ids)] = -math.inf
+    return rows
+
+
+def _perturbed(raw: Any, rows: _Rows) -> tuple[Any, Any, Any, Any]:
+    """Scores z + G (z alone for greedy rows), the strict and loose allowed sets, and each row's
+    temperature (1 for greedy rows, whose scores are the raw logits)."""
+    import torch
+
+    ops = {"dtype": torch.float64, "device": raw.device}
+    greedy = torch.tensor([s.temperature == 0.0 for s in rows.sampling], device=raw.device)[:, None]
+    temps = torch.tensor([s.temperature or 1.0 for s in rows.sampling], **ops)[:, None]
+    z = raw / temps
+    strict, loose = _allowed_sets(raw, z, rows, temps)
+    vocab = torch.arange(z.shape[-1], dtype=torch.int64, device=raw.device)
+    seeds = [s.seed for s in rows.sampling]
+    noise = gumbel_noise(torch, seeds, rows.sample_indices, rows.positions, vocab)
+    return z + torch.where(greedy, 0.0, noise), strict, loose, temps
+
+
+def _allowed_sets(raw: Any, z: Any, rows: _Rows, temps: Any) -> tuple[Any, Any]:
+    """Tokens an honest worker must have allowed (strict) and may have allowed (loose).
+
+    Logit noise up to eps moves each z by eps/T, and each probability by a factor within
+    exp(2 eps/T), so the mass before a token (top-p) by less than expm1(2 eps/T). Strict: the
+    filter at top_p minus that much (every token it keeps, the worker kept too). Loose: the filter
+    at top_p plus that much, widened by 2 eps/T for ranks that noise may swap (top-k and top-p).
+    Rows without top-k or top-p (and greedy rows) allow every finite token.
+    """
+    import torch
+
+    finite = torch.isfinite(z)
+    strict, loose = finite.clone(), finite.clone()
+    on = [k for k, s in enumerate(rows.sampling) if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0)]
+    if not on:
+        return strict, loose
+    index = torch.tensor(on, device=z.device)
+    sub_raw, sub_z = raw[index], z[index]
+    shift = 2 * torch.tensor([rows.eps[k] for k in on], dtype=torch.float64, device=z.device)[:, None]
+    shift = shift / temps[index]
+    wide, narrow = [], []
+    bounds: dict[tuple[SamplingParams, float], tuple[SamplingParams, SamplingParams]] = {}
+    for k, margin in zip(on, shift[:, 0].tolist(), strict=True):
+        pair = bounds.get((rows.sampling[k], margin))
+        if pair is None:  # rows of one trace share these: build each pair once
+            pair = bounds[(rows.sampling[k], margin)] = _top_p_bounds(rows.sampling[k], margin)
+        wide.append(pair[0])
+        narrow.append(pair[1])
+    floor_wide = _floor(sub_z, torch.isfinite(filtered_logprobs(torch, sub_raw, wide)))
+    floor_narrow = _floor(sub_z, torch.isfinite(filtered_logprobs(torch, sub_raw, narrow)))
+    top = sub_z.max(dim=-1, keepdim=True).values
+    loose[index] = finite[index] & (sub_z >= floor_wide - shift)
+    strict[index] = finite[index] & ((sub_z >= floor_narrow) | (sub_z == top))
+    return strict, loose
+
+
+def _top_p_bounds(sampling: SamplingParams, shift: float) -> tuple[SamplingParams, SamplingParams]:
+    # shift = 2 eps / T bounds how far noise moves a probability's log, so a mass (a sum of them)
+    # moves by at most that factor: top_p -/+ expm1(shift) brackets the worker's cut.
+    delta = math.expm1(shift) if sampling.top_p < 1.0 else 0.0
+    wide = sampling.model_copy(update={"top_p": min(1.0, sampling.top_p + delta)})
+    return wide, sampling.model_copy(update={"top_p": max(sampling.top_p - delta, 1e-12)})
+
+
+def _floor(z: Any, kept: Any) -> Any:
+    import torch
+
+    return torch.where(kept, z, math.inf).min(dim=-1, keepdim=True).values
+
+
+def _score_rows(logits: Any, rows: _Rows) -> _Scores:
+    """Margins and honest logprob ranges of the claimed tokens at sampled rows."""
+    import torch
+
+    raw = _masked(logits, rows.suppress)
+    scores, strict, loose, temps = _perturbed(raw, rows)
+    claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=raw.device)[:, None]
+    mine = torch.zeros_like(loose).scatter_(-1, claimed, True)
+    own = scores.gather(-1, claimed)[:, 0]
+    rival = torch.where(strict & ~mine, scores, -math.inf).max(dim=-1).values
+    inside = loose.gather(-1, claimed)[:, 0]
+    margin = torch.where(rival == -math.inf, math.inf, (own - rival) * temps[:, 0])
+    margin = torch.where(inside, margin, -math.inf)
+    z = raw / temps
+    high = _logprob_within(z, strict | mine, claimed)
+    low = _logprob_within(z, loose | mine, claimed)
+    slack = (2.0 / temps[:, 0]).tolist()
+    return _Scores([float(m) for m in margin.tolist()], low, high, slack)
+
+
+def _logprob_within(z: Any, allowed: Any, claimed: Any) -> list[float]:
+    import torch
+
+    kept = torch.where(allowed, z, -math.inf)
+    values = (kept - torch.logsumexp(kept, dim=-1, keepdim=True)).gather(-1, claimed)[:, 0]
+    return [float(v) for v in values.tolist()]

@@ -1,0 +1,298 @@
+"""Trust: which traces to validate, what a validation's outcome does, and the operators' actions.
+
+Policy (docs/trust.md): a worker's trust is its count of consecutive passed spot-checks. Each trace
+with a verdict is validated with probability `check_probability(trust, floor)`: always while the
+worker is new. A failed validation sets trust to 0, quarantines the worker (its token stops working:
+the ban flag, so no lease or submission gets through) and withdraws from dumps every trace of
+theirs created after the newest trace that passed a spot-check, until each passes a re-check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from coordinator.errors import NotFound
+from coordinator.jobs import service as jobs_service
+from coordinator.results.models import PENDING, Trace
+from coordinator.trust import repository
+from coordinator.trust.models import (
+    ERROR,
+    FAILED,
+    PASSED,
+    QUEUED,
+    RECHECK,
+    SKIPPED,
+    SPOT_CHECK,
+    UNVERIFIABLE,
+    Validation,
+    WorkerTrust,
+)
+from coordinator.trust.policy import check_probability, drawn
+from coordinator.trust.rescore import Outcome
+from coordinator.trust.schemas import TrustOut, ValidationOut, WorkerState
+from coordinator.workers import service as workers
+from coordinator.workers.models import Worker
+from shared.protocol import JobSpec, Scope
+
+RECENT = 20  # validations listed on a worker's record
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A trace waiting for re-scoring, with the job spec its worker was given."""
+
+    trace_id: uuid.UUID
+    worker_id: uuid.UUID
+    spec: JobSpec
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    text: str
+    worker_dtype: str
+
+
+# --------------------------------------------------------------------------- the spot-check decision
+
+
+def _unverifiable(trace: Trace, sampling: dict[str, Any] | None) -> bool:
+    """The worker said so, or the engine is one that cannot seed its sampler (an OpenAI-compatible
+    server samples with its own RNG; only its greedy traces can be re-scored)."""
+    if not trace.verifiable:
+        return True
+    return trace.engine.get("name") == "openai" and float((sampling or {}).get("temperature", 1.0)) > 0
+
+
+def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: bool) -> bool:
+    """Decide, once, whether this verified trace is validated; True: enqueue its validation."""
+    trace = repository.trace(session, trace_id, lock=lock)
+    if trace is None or trace.status == PENDING or trace.validation is not None:
+        return False
+    record = repository.trust_of(session, trace.worker_id, lock=lock)
+    openai = trace.engine.get("name") == "openai"
+    if _unverifiable(trace, repository.sampling_of(session, trace.campaign_id) if openai else None):
+        trace.validation, trace.verifiable = UNVERIFIABLE, False  # False keeps it out of dumps
+        record.unverifiable += 1
+        return False
+    if _quarantined(session, record) or trace.withdrawn:
+        # A quarantined worker's traces stay out of dumps unless they pass, one by one.
+        trace.withdrawn, trace.validation = True, RECHECK
+        return True
+    if drawn(trace.id, check_probability(record.trust, floor)):
+        trace.validation = QUEUED
+        return True
+    trace.validation = SKIPPED
+    record.skipped += 1
+    return False
+
+
+def _quarantined(session: Session, record: WorkerTrust) -> bool:
+    """Quarantine lasts while the worker's token is blocked: an operator who lifts the ban through
+    /workers/{id}/restore lifts the quarantine too."""
+    if not record.quarantined:
+        return False
+    flags = repository.worker_flags(session, record.worker_id)
+    if flags is None or not flags[0]:
+        record.quarantined = False
+    return record.quarantined
+
+
+# --------------------------------------------------------------------------- validation outcomes
+
+
+def pending(session: Session, trace_ids: Sequence[uuid.UUID]) -> list[Pending]:
+    """The traces among these still waiting for validation, with the job specs their workers got
+    (built by the lease path's own function, so the validator checks exactly what was asked)."""
+    jobs = repository.job_rows(session, trace_ids)
+    traces = [repository.trace(session, trace_id) for trace_id in trace_ids if trace_id in jobs]
+    waiting = [t for t in traces if t is not None and t.validation in (QUEUED, RECHECK)]
+    specs = jobs_service.job_specs(session, [jobs[t.id] for t in waiting])
+    return [
+        Pending(
+            trace_id=trace.id,
+            worker_id=trace.worker_id,
+            spec=spec,
+            tokens=list(trace.completion_token_ids),
+            logprobs=list(trace.logprobs),
+            finish_reason=trace.finish_reason,
+            text=trace.text,
+            worker_dtype=str(trace.engine.get("dtype", "")),
+        )
+        for trace, spec in zip(waiting, specs, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a validation run produced: an outcome, or the reason it could not run."""
+
+    outcome: Outcome | None
+    error: str
+    validator: dict[str, Any]
+    seconds: float
+
+
+def record(session: Session, item: Pending, result: Result, lock: bool) -> list[uuid.UUID]:
+    """Store a validation's outcome and its consequences; returns traces to re-check (after a
+    failure). A second run for the same trace finds it decided and changes nothing."""
+    trace = repository.trace(session, item.trace_id, lock=lock)
+    if trace is None or trace.validation not in (QUEUED, RECHECK):
+        return []
+    purpose = SPOT_CHECK if trace.validation == QUEUED else RECHECK
+    outcome = result.outcome
+    status = ERROR if outcome is None else (PASSED if outcome.passed else FAILED)
+    repository.add_validation(session, _validation_row(trace, purpose, status, result))
+    trace.validation = status
+    if outcome is None:
+        return []
+    record = repository.trust_of(session, trace.worker_id, lock=lock)
+    repository.touch(record)
+    if outcome.passed:
+        _passed(trace, record, purpose)
+        return []
+    return _failed(session, trace, record, outcome)
+
+
+def _validation_row(trace: Trace, purpose: str, status: str, result: Result) -> Validation:
+    outcome = result.outcome
+    details = outcome.details() if outcome is not None else {}
+    return Validation(
+        id=uuid.uuid4(),
+        trace_id=trace.id,
+        worker_id=trace.worker_id,
+        purpose=purpose,
+        status=status,
+        reason=result.error if outcome is None else outcome.reason,
+        position=details.get("position"),
+        margin=details.get("margin"),
+        logprob_error=details.get("logprob_error"),
+        tolerance=details.get("tolerance"),
+        validator=result.validator,
+        seconds=result.seconds,
+    )
+
+
+def _passed(trace: Trace, record: WorkerTrust, purpose: str) -> None:
+    trace.withdrawn = False
+    record.passed += 1
+    if purpose == SPOT_CHECK and not record.quarantined:
+        record.trust += 1
+        if record.vouched_until is None or trace.created_at > record.vouched_until:
+            record.vouched_until = trace.created_at
+
+
+def _failed(session: Session, trace: Trace, record: WorkerTrust, outcome: Outcome) -> list[uuid.UUID]:
+    trace.withdrawn = True
+    record.failed += 1
+    record.trust = 0
+    record.quarantined = True
+    record.last_failure = {"trace_id": str(trace.id), **outcome.details()}
+    workers.set_banned(session, trace.worker_id, True)
+    return repository.taint(session, trace.worker_id, record.vouched_until, trace.id)
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def _state(worker: Worker, record: WorkerTrust | None) -> WorkerState:
+    if not worker.banned:
+        return "active"
+    return "quarantined" if record is not None and record.quarantined else "banned"
+
+
+def _out(worker: Worker, record: WorkerTrust | None, withdrawn: int, floor: float) -> TrustOut:
+    trust = record.trust if record is not None else 0
+    return TrustOut(
+        worker_id=worker.id,
+        name=worker.name,
+        state=_state(worker, record),
+        trust=trust,
+        check_probability=check_probability(trust, floor),
+        passed=record.passed if record else 0,
+        failed=record.failed if record else 0,
+        skipped=record.skipped if record else 0,
+        unverifiable=record.unverifiable if record else 0,
+        withdrawn=withdrawn,
+        vouched_until=record.vouched_until if record else None,
+        last_failure=record.last_failure if record else None,
+    )
+
+
+def records(session: Session, floor: float, limit: int = 100, offset: int = 0) -> list[TrustOut]:
+    rows = repository.records(session, limit, offset)
+    withdrawn = repository.withdrawn_counts(session, [row[0].id for row in rows])
+    return [_out(w, r, withdrawn.get(w.id, 0), floor) for w, r in rows]
+
+
+def record_of(session: Session, worker_id: uuid.UUID, floor: float) -> TrustOut:
+    worker = _worker(session, worker_id)
+    record = repository.trust_of(session, worker_id)
+    withdrawn = repository.withdrawn_counts(session, [worker_id]).get(worker_id, 0)
+    recent = [validation_out(v) for v in repository.validations(session, worker_id, None, RECENT)]
+    return _out(worker, record, withdrawn, floor).model_copy(update={"recent": recent})
+
+
+def validation_out(v: Validation) -> ValidationOut:
+    return ValidationOut.model_validate(v, from_attributes=True)
+
+
+def validations(
+    session: Session, worker_id: uuid.UUID | None, status: str | None, limit: int, offset: int
+) -> list[ValidationOut]:
+    return [validation_out(v) for v in repository.validations(session, worker_id, status, limit, offset)]
+
+
+def _worker(session: Session, worker_id: uuid.UUID) -> Worker:
+    worker = repository.worker(session, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id}")
+    return worker
+
+
+def restore(session: Session, worker_id: uuid.UUID) -> None:
+    """Lift a quarantine or a ban. Trust stays at 0: the worker is validated on every trace again."""
+    _worker(session, worker_id)
+    record = repository.trust_of(session, worker_id, lock=True)
+    record.quarantined = False
+    repository.touch(record)
+    workers.set_banned(session, worker_id, False)
+
+
+def ban(session: Session, worker_id: uuid.UUID) -> None:
+    """An operator's ban: the token stops working until restored (unlike a quarantine, on purpose)."""
+    _worker(session, worker_id)
+    record = repository.trust_of(session, worker_id, lock=True)
+    record.quarantined = False
+    repository.touch(record)
+    workers.set_banned(session, worker_id, True)
+
+
+def revalidate(session: Session, worker_id: uuid.UUID) -> list[uuid.UUID]:
+    """Withdraw every verified trace of the worker until a re-check passes it (the operator's answer
+    to a worker whose older traces are in doubt)."""
+    _worker(session, worker_id)
+    return repository.queue_all(session, worker_id)
+
+
+def worker_scope(session: Session, worker_id: uuid.UUID) -> Scope:
+    return Scope(_worker(session, worker_id).scope)
+
+
+def rotate_token(session: Session, worker_id: uuid.UUID) -> str:
+    """A new token for the worker; the old one stops working."""
+    _worker(session, worker_id)
+    token = workers.new_token()
+    repository.set_token_hash(session, worker_id, workers.hash_token(token))
+    workers.forget(worker_id)
+    return token
+
+
+def revoke_token(session: Session, worker_id: uuid.UUID) -> None:
+    """The worker's token stops working and none replaces it (the hash of a secret nobody holds)."""
+    _worker(session, worker_id)
+    repository.set_token_hash(session, worker_id, workers.hash_token(workers.new_token()))
+    workers.forget(worker_id)

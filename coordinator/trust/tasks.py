@@ -1,0 +1,95 @@
+"""Background work of the trust area. Tasks receive ids and are idempotent (at-least-once delivery).
+
+* `after_verdict(runtime, trace_id)`: called once a trace's verdict is stored; decides whether it
+  is spot-checked and enqueues the validation after the decision is committed.
+* `validate_traces(ids)`: the validation task, on its own queue (`validate`): one batched prefill
+  per model, with the model kept loaded for the life of the process (models_cache).
+* `requeue_stale(runtime, age)`: the sweeper's pass: decisions and validations a crash lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from itertools import groupby
+
+from coordinator.db import transaction, utcnow
+from coordinator.runtime import Runtime, get_runtime
+from coordinator.trust import models_cache, repository, service
+from coordinator.trust.validator import Submitted, validate
+
+log = logging.getLogger(__name__)
+VALIDATE_TASK = "coordinator.trust.tasks.validate_traces"
+
+
+def after_verdict(runtime: Runtime, trace_id: uuid.UUID) -> None:
+    settings = runtime.settings
+    if not settings.validation_enabled:
+        return
+    with transaction(runtime.sessions) as session:
+        chosen = service.after_verdict(
+            session, trace_id, settings.validation_floor, lock=not settings.is_sqlite
+        )
+    if chosen:
+        enqueue_validation(runtime, [trace_id])
+
+
+def enqueue_validation(runtime: Runtime, trace_ids: Sequence[uuid.UUID]) -> None:
+    settings = runtime.settings
+    ids = [str(i) for i in trace_ids]
+    for start in range(0, len(ids), settings.validation_batch):
+        chunk = ids[start : start + settings.validation_batch]
+        runtime.queue.enqueue(VALIDATE_TASK, chunk, queue=settings.validate_queue)
+
+
+def validate_traces(trace_ids: list[str]) -> None:
+    """Re-score the traces still queued among these and record each outcome."""
+    runtime = get_runtime()
+    with transaction(runtime.sessions) as session:
+        items = service.pending(session, [uuid.UUID(i) for i in trace_ids])
+    for (name, revision), group in groupby(sorted(items, key=_model_of), key=_model_of):
+        _validate_group(runtime, name, revision or None, list(group))
+
+
+def _model_of(item: service.Pending) -> tuple[str, str]:
+    return item.spec.model.name, item.spec.model.revision or ""
+
+
+def _validate_group(runtime: Runtime, name: str, revision: str | None, items: list[service.Pending]) -> None:
+    settings = runtime.settings
+    validator = {"model": name, "device": settings.validation_device, "dtype": settings.validation_dtype}
+    try:
+        scorer = models_cache.scorer(name, revision, settings.validation_device, settings.validation_dtype)
+    except models_cache.ModelUnavailable as exc:
+        log.warning("validation of %d traces: %s", len(items), exc)
+        results = [service.Result(None, str(exc), validator, 0.0)] * len(items)
+    else:
+        validator = {"model": name, "device": scorer.device, "dtype": scorer.dtype}
+        submitted = [
+            Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype) for i in items
+        ]
+        results = [service.Result(c.outcome, "", validator, c.seconds) for c in validate(scorer, submitted)]
+    for item, result in zip(items, results, strict=True):
+        with transaction(runtime.sessions) as session:
+            recheck = service.record(session, item, result, lock=not runtime.settings.is_sqlite)
+        if recheck:
+            log.warning("worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck))
+            enqueue_validation(runtime, recheck)
+
+
+def requeue_stale(runtime: Runtime, older_than_s: float, limit: int = 10_000) -> int:
+    """Decide traces whose decision was lost, and re-enqueue validations left waiting."""
+    if not runtime.settings.validation_enabled:
+        return 0
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with transaction(runtime.sessions) as session:
+        undecided = repository.undecided(session, cutoff, limit)
+        waiting = repository.waiting(session, cutoff, limit)
+    for trace_id in undecided:
+        after_verdict(runtime, trace_id)
+    if waiting:
+        log.info("re-enqueueing validation of %d traces", len(waiting))
+        enqueue_validation(runtime, waiting)
+    return len(undecided) + len(waiting)

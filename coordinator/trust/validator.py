@@ -1,0 +1,86 @@
+"""Validate claimed traces with one batched prefill: no database, so the benchmark and the task share it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from coordinator.trust.models_cache import Scorer
+from coordinator.trust.policy import tolerance
+from coordinator.trust.rescore import Case, Claim, JobRules, Outcome, rescore_many
+from shared.protocol import JobSpec
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A claimed trace and the job it claims to answer (the spec exactly as the worker leased it)."""
+
+    spec: JobSpec
+    tokens: Sequence[int]
+    logprobs: Sequence[float]
+    finish_reason: str
+    text: str
+    worker_dtype: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    outcome: Outcome
+    seconds: float  # this trace's share of the prefill plus its own re-scoring
+
+
+def rules_for(scorer: Scorer, spec: JobSpec, prompt_tokens: int) -> JobRules:
+    """What the worker's engine was bound by: the job's sampling and budget, the model's stop ids,
+    and max_tokens cut to what the model's context leaves after the prompt."""
+    budget = spec.budget
+    return JobRules(
+        sampling=spec.sampling,
+        sample_index=spec.sample_index,
+        limit=max(0, min(spec.sampling.max_tokens, scorer.context - prompt_tokens)),
+        stops=scorer.stops,
+        budget=budget,
+        budget_tokens=scorer.budget_tokens(budget) if budget is not None else None,
+    )
+
+
+def validate(scorer: Scorer, traces: Sequence[Submitted], eps: float | None = None) -> list[Checked]:
+    """Re-score each trace; `eps` overrides the dtype-based tolerance (calibration runs use 0).
+
+    One prefill per group of traces (models_cache), then one scoring pass over all their rows; each
+    trace is charged its share of both, by token count."""
+    prompts = [scorer.prompt_ids(t.spec.messages) for t in traces]
+    rules = [rules_for(scorer, t.spec, len(p)) for t, p in zip(traces, prompts, strict=True)]
+    # A claim longer than the job allows never reaches the model (it could overrun the context).
+    fits = [i for i, t in enumerate(traces) if len(t.tokens) <= rules[i].limit]
+    started = time.perf_counter()
+    logits = scorer.completion_logits([prompts[i] for i in fits], [list(traces[i].tokens) for i in fits])
+    allowed = [eps if eps is not None else tolerance(t.worker_dtype, scorer.dtype) for t in traces]
+    cases = [
+        Case(row, rules[i], Claim(traces[i].tokens, traces[i].logprobs, traces[i].finish_reason), allowed[i])
+        for i, row in zip(fits, logits, strict=True)
+    ]
+    scored = dict(zip(fits, rescore_many(cases), strict=True))
+    outcomes = [_finish(scorer, trace, rules[i], scored.get(i), allowed[i]) for i, trace in enumerate(traces)]
+    elapsed = time.perf_counter() - started
+    sizes = [len(p) + len(t.tokens) for p, t in zip(prompts, traces, strict=True)]
+    total = sum(sizes[i] for i in fits) or 1
+    return [
+        Checked(outcome, elapsed * sizes[i] / total if i in scored else 0.0)
+        for i, outcome in enumerate(outcomes)
+    ]
+
+
+def _finish(
+    scorer: Scorer, trace: Submitted, rules: JobRules, outcome: Outcome | None, eps: float
+) -> Outcome:
+    n = len(trace.tokens)
+    if outcome is None:
+        reason = f"{n} tokens exceed the {rules.limit} the job allowed"
+        return Outcome(False, reason, rules.limit, -math.inf, math.nan, eps, n)
+    if outcome.passed and scorer.decode(trace.tokens) != trace.text:
+        # The verifier scores the text: it must be exactly what the validated tokens decode to.
+        reason = "the text is not what the token ids decode to"
+        return replace(outcome, passed=False, reason=reason, position=None)
+    return outcome

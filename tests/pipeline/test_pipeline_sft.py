@@ -1,0 +1,116 @@
+"""SFT on the bundled tiny model: full, LoRA and DoRA learn the completions, adapters merge into a
+plain checkpoint, the loss covers only completion tokens the mask keeps, and a run resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.pipeline.ops import modeling, sft
+from coordinator.pipeline.ops.modeling import ModelSource
+from coordinator.pipeline.schemas import SftSpec
+from coordinator.problems.sources.arithmetic import generate
+from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    """Answers in a format the tiny model was never trained on, so there is something to learn."""
+    rows = []
+    for p in generate(count, seed=5, split="train"):
+        completion = f"The answer is \\boxed{{{p.answer}}}."
+        messages = [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": completion}]
+        rows.append({"id": p.id, "messages": messages, "prompt": p.prompt, "completion": completion})
+    return rows
+
+
+def _spec(**overrides: Any) -> SftSpec:
+    base: dict[str, Any] = {
+        "dataset": "0" * 64,
+        "model": TINY_MODEL_NAME,
+        "method": "full",
+        "max_steps": 6,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "eval_fraction": 0.0,
+        "device": "cpu",
+        "seed": 3,
+    }
+    return SftSpec.model_validate({**base, **overrides})
+
+
+def _mean_loss(weights: Path | None, rows: list[dict[str, Any]]) -> float:
+    source = ModelSource(str(tiny_model_dir()), weights)
+    model, tokenizer = modeling.load_model(source, "cpu"), modeling.load_tokenizer(source)
+    examples = [modeling.encode(tokenizer, modeling.prompt_messages(r), r["completion"]) for r in rows]
+    losses = modeling.token_losses(model, examples, int(tokenizer.pad_token_id), 16)
+    return sum(map(sum, losses)) / sum(map(len, losses))
+
+
+def _no_progress(fraction: float, stage: str, metrics: dict[str, Any]) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("method", "lr"), [("full", 1e-3), ("lora", 1e-2), ("dora", 1e-2)])
+def test_sft_lowers_the_loss_of_what_it_trains_on(method: str, lr: float, tmp_path: Path) -> None:
+    rows = _rows(16)
+    result = sft.train(
+        rows, ModelSource(str(tiny_model_dir())), _spec(method=method, lr=lr), tmp_path, _no_progress
+    )
+    assert result.metrics["steps"] == 6 and len(result.curve["train"]) == 6
+    assert _mean_loss(result.weights, rows) < 0.5 * _mean_loss(None, rows)
+    if method == "full":
+        assert result.adapter is None
+    else:  # the adapter is saved and the checkpoint is the merged, plain model
+        assert result.adapter is not None and result.adapter.is_file()
+        assert result.adapter_config is not None and result.adapter_config["use_dora"] == (method == "dora")
+
+
+def test_held_out_loss_curve_starts_before_training(tmp_path: Path) -> None:
+    result = sft.train(
+        _rows(24),
+        ModelSource(str(tiny_model_dir())),
+        _spec(eval_fraction=0.25, eval_every=3),
+        tmp_path,
+        _no_progress,
+    )
+    assert [step for step, _ in result.curve["eval"]] == [0, 3, 6]
+    assert result.metrics["eval_rows"] == 6 and result.metrics["train_rows"] == 18
+    assert result.curve["eval"][-1][1] < result.curve["eval"][0][1]
+
+
+def test_loss_mask_removes_tokens_from_the_loss(tmp_path: Path) -> None:
+    tokenizer = modeling.load_tokenizer(ModelSource(str(tiny_model_dir())))
+    rows = _rows(2)
+    example = modeling.encode(tokenizer, modeling.prompt_messages(rows[0]), rows[0]["completion"])
+    mask = [0] * (len(example.completion_ids) - 1) + [1]
+    _, _, labels = modeling.pad_batch([example], 0, 4096, [mask])
+    assert int((labels >= 0).sum()) == 1 and int(labels[0, -1]) == example.completion_ids[-1]
+    with pytest.raises(ValueError, match="loss mask"):
+        sft.train(
+            [{**rows[0], "loss_mask": [1, 1]}],
+            ModelSource(str(tiny_model_dir())),
+            _spec(),
+            tmp_path,
+            _no_progress,
+        )
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rows, source = _rows(16), ModelSource(str(tiny_model_dir()))
+    spec = _spec(checkpoint_every=3)
+    straight = sft.train(rows, source, spec, tmp_path / "straight", _no_progress)
+
+    def crash_at_five(fraction: float, stage: str, metrics: dict[str, Any]) -> None:
+        if metrics["step"] == 5:  # after the snapshot of step 3
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        sft.train(rows, source, spec, tmp_path / "resumed", crash_at_five)
+    resumed = sft.train(rows, source, spec, tmp_path / "resumed", _no_progress)
+    assert resumed.curve["train"][:3] == straight.curve["train"][:3]  # restored, not recomputed
+    a, b = load_file(str(straight.weights)), load_file(str(resumed.weights))
+    assert all(float((a[k] - b[k]).abs().max()) < 1e-6 for k in a)
