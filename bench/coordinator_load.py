@@ -190,6 +190,9 @@ def server_env(base: dict[str, str], config: Config, database_url: str, queue: s
         "REDIS_URL": config.redis_url,
         "FLYWHEEL_VERIFY_QUEUE": queue,
         "FLYWHEEL_AUTO_MIGRATE": "false",
+        # Simulated workers share a handful of tokens' worth of traffic each; the per-token limit
+        # guards against abuse, not against this measured load.
+        "FLYWHEEL_RATE_LIMIT_PER_S": "0",
         # The sweeper would re-enqueue traces left pending by the undrained queue; keep it out of the run.
         "FLYWHEEL_REQUEUE_PENDING_AFTER_S": str(24 * 3600),
     }

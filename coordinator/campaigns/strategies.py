@@ -73,7 +73,7 @@ def report(samples: Sequence[Sample]) -> list[StrategyReport]:
         ("pass@n", accuracy([float(any(s.passed for s in g)) for g in groups.values()]), tokens),
     ]
     return [
-        StrategyReport(strategy=name, problems=n, accuracy=acc, tokens_per_problem=cost)  # type: ignore[arg-type]
+        StrategyReport(strategy=name, problems=n, accuracy=acc, tokens_per_problem=cost)
         for name, acc, cost in rows
     ]
 

@@ -22,6 +22,7 @@ from coordinator.trust.validator import Submitted, validate
 
 log = logging.getLogger(__name__)
 VALIDATE_TASK = "coordinator.trust.tasks.validate_traces"
+WAIT_FACTOR = 10
 
 
 def after_verdict(runtime: Runtime, trace_id: uuid.UUID) -> None:
@@ -83,10 +84,12 @@ def requeue_stale(runtime: Runtime, older_than_s: float, limit: int = 10_000) ->
     """Decide traces whose decision was lost, and re-enqueue validations left waiting."""
     if not runtime.settings.validation_enabled:
         return 0
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    now = utcnow()
     with transaction(runtime.sessions) as session:
-        undecided = repository.undecided(session, cutoff, limit)
-        waiting = repository.waiting(session, cutoff, limit)
+        undecided = repository.undecided(session, now - timedelta(seconds=older_than_s), limit)
+        # A validation waits behind slower work than a verification does: only a wait ten times as
+        # long means a lost task, so a busy validator's queue is not filled with copies.
+        waiting = repository.waiting(session, now - timedelta(seconds=WAIT_FACTOR * older_than_s), limit)
     for trace_id in undecided:
         after_verdict(runtime, trace_id)
     if waiting:
