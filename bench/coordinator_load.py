@@ -81,7 +81,8 @@ class Config:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.coordinator_load", description=__doc__,
+        prog="python -m bench.coordinator_load",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workers-sim", type=int, default=500, help="concurrent simulated workers")
@@ -90,16 +91,34 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--batch", type=int, default=8, help="max_jobs per lease = traces per submission")
     parser.add_argument("--server-workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--db-pool", type=int, default=None, help="FLYWHEEL_DB_POOL_SIZE for the server")
-    parser.add_argument("--database-url", default=DEFAULT_SERVER,
-                        help="a PostgreSQL server; a scratch database is created on it and dropped after")
+    parser.add_argument(
+        "--database-url",
+        default=DEFAULT_SERVER,
+        help="a PostgreSQL server; a scratch database is created on it and dropped after",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--jobs", type=int, default=120_000,
-                        help="jobs in the campaign; must outlast the run")
-    parser.add_argument("--raw-connections", type=int, default=4,
-                        help="concurrent psycopg connections for the raw-ingest baseline")
+    parser.add_argument(
+        "--jobs", type=int, default=120_000, help="jobs in the campaign; must outlast the run"
+    )
+    parser.add_argument(
+        "--raw-connections",
+        type=int,
+        default=4,
+        help="concurrent psycopg connections for the raw-ingest baseline",
+    )
     a = parser.parse_args(argv)
-    return Config(a.workers_sim, a.duration, a.warmup, a.batch, a.server_workers, a.db_pool, a.database_url,
-                  a.redis_url, a.jobs, a.raw_connections)
+    return Config(
+        a.workers_sim,
+        a.duration,
+        a.warmup,
+        a.batch,
+        a.server_workers,
+        a.db_pool,
+        a.database_url,
+        a.redis_url,
+        a.jobs,
+        a.raw_connections,
+    )
 
 
 # --------------------------------------------------------------------------- scratch database
@@ -142,16 +161,33 @@ def scratch_queue(redis_url: str) -> Iterator[str]:
 
 def flywheel(env: dict[str, str], *args: str) -> Any:
     """Run one `flywheel coordinator ...` command and parse its JSON output."""
-    done = subprocess.run([sys.executable, "-m", "flywheel", "coordinator", *args], env=env,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel", "coordinator", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"flywheel coordinator {args[0]} failed:\n{done.stderr}")
     return json.loads(done.stdout) if done.stdout.lstrip().startswith("{") else None
 
 
 def create_campaign(env: dict[str, str], name: str, samples: int) -> str:
-    out = flywheel(env, "campaign", "--name", name, "--problem-set", "bench", "--model", MODEL,
-                   "--samples", str(samples), "--max-tokens", str(2 * TEXT_CHARS // CHARS_PER_TOKEN))
+    out = flywheel(
+        env,
+        "campaign",
+        "--name",
+        name,
+        "--problem-set",
+        "bench",
+        "--model",
+        MODEL,
+        "--samples",
+        str(samples),
+        "--max-tokens",
+        str(2 * TEXT_CHARS // CHARS_PER_TOKEN),
+    )
     return str(out["id"])
 
 
@@ -205,9 +241,23 @@ def server_env(base: dict[str, str], config: Config, database_url: str, queue: s
 def running_server(env: dict[str, str], workers: int) -> Iterator[tuple[str, int]]:
     """`flywheel coordinator serve` in its own session; yields (base url, session id)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel", "coordinator", "serve", "--port", str(port),
-                             "--workers", str(workers), "--log-level", "warning"],
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flywheel",
+            "coordinator",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, proc)
@@ -277,8 +327,9 @@ def backend_pids(database_url: str) -> list[int]:
     """PostgreSQL backends serving the scratch database (the server's pooled connections)."""
     url = libpq_url(database_url)
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND pid <> pg_backend_pid()").fetchall()
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
     return [int(row[0]) for row in rows]
 
 
@@ -314,8 +365,15 @@ def cpu_sample(server_sid: int, database_url: str, redis_url: str) -> CpuSample:
     times = os.times()
     backends = pids_cpu_s(backend_pids(database_url))
     services = sum(pids_cpu_s(service_pids(database_url, redis_url)).values())
-    return CpuSample(time.monotonic(), session_cpu_s(server_sid), backends, services,
-                     times.user + times.system, busy, total)
+    return CpuSample(
+        time.monotonic(),
+        session_cpu_s(server_sid),
+        backends,
+        services,
+        times.user + times.system,
+        busy,
+        total,
+    )
 
 
 def postgres_cpu_s(start: CpuSample, end: CpuSample) -> float:
@@ -338,8 +396,9 @@ def synthetic_completion(rng: random.Random) -> Completion:
     steps: list[str] = []
     while sum(len(s) for s in steps) < TEXT_CHARS - 40:
         a, b = rng.randint(10, 9999), rng.randint(10, 999)
-        steps.append(f"First, {a} + {b} = {a + b}; carrying the digits gives {a + b}, "
-                     f"then check by {b} + {a}. ")
+        steps.append(
+            f"First, {a} + {b} = {a + b}; carrying the digits gives {a + b}, then check by {b} + {a}. "
+        )
     answer = rng.randint(-99999, 99999)
     text = f"Let me work through this step by step. {''.join(steps)}So the answer is \\boxed{{{answer}}}."
     n = len(text) // CHARS_PER_TOKEN
@@ -388,8 +447,11 @@ class Tally:
 
 
 def headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION),
-            "Content-Type": "application/json"}
+    return {
+        "Authorization": f"Bearer {token}",
+        PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+        "Content-Type": "application/json",
+    }
 
 
 async def post(client: httpx.AsyncClient, route: str, body: dict[str, Any]) -> tuple[float, httpx.Response]:
@@ -407,20 +469,24 @@ TLS = ssl.create_default_context()
 
 
 async def register(client: httpx.AsyncClient, index: int) -> tuple[str, str]:
-    response = await client.post(API_PREFIX + Routes.register, json={
-        "name": f"sim-{index}", "engine": {"name": "vllm"}, "models": [MODEL]})
+    response = await client.post(
+        API_PREFIX + Routes.register,
+        json={"name": f"sim-{index}", "engine": {"name": "vllm"}, "models": [MODEL]},
+    )
     response.raise_for_status()
     body = response.json()
     return str(body["worker_id"]), str(body["token"])
 
 
-async def simulated_worker(base: str, token: str, stop_at: float, batch: int, pool: list[Completion],
-                           tally: Tally) -> None:
+async def simulated_worker(
+    base: str, token: str, stop_at: float, batch: int, pool: list[Completion], tally: Tally
+) -> None:
     """Lease a batch, submit one trace per job at once, repeat until `stop_at`."""
     rng = random.Random(token)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=base, headers=headers(token), timeout=REQUEST_TIMEOUT_S,
-                                 limits=limits, verify=TLS) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers(token), timeout=REQUEST_TIMEOUT_S, limits=limits, verify=TLS
+    ) as client:
         while time.perf_counter() < stop_at:
             try:
                 await lease_and_submit(client, batch, pool, rng, tally)
@@ -428,8 +494,9 @@ async def simulated_worker(base: str, token: str, stop_at: float, batch: int, po
                 tally.problems[f"transport error {type(exc).__name__}"] += 1
 
 
-async def lease_and_submit(client: httpx.AsyncClient, batch: int, pool: list[Completion], rng: random.Random,
-                           tally: Tally) -> None:
+async def lease_and_submit(
+    client: httpx.AsyncClient, batch: int, pool: list[Completion], rng: random.Random, tally: Tally
+) -> None:
     ms, response = await post(client, Routes.lease, {"max_jobs": batch, "models": [MODEL]})
     if response.status_code != 200:
         tally.problems[f"lease HTTP {response.status_code}"] += 1
@@ -465,8 +532,9 @@ class Window:
     cpu_end: CpuSample
 
 
-async def run_load(base: str, tokens: list[str], config: Config, sid: int, database_url: str,
-                   tally: Tally) -> Window:
+async def run_load(
+    base: str, tokens: list[str], config: Config, sid: int, database_url: str, tally: Tally
+) -> Window:
     pool = completions()
     start = time.perf_counter() + config.warmup_s
     end = start + config.duration_s
@@ -493,8 +561,10 @@ def percentile(values: list[float], q: float) -> float:
 
 # --------------------------------------------------------------------------- raw ingest baseline
 
-LEASE_SQL = ("UPDATE jobs SET status = 'leased', lease_id = %s, worker_id = %s, lease_deadline = %s, "
-             "attempts = attempts + 1 WHERE id = %s")
+LEASE_SQL = (
+    "UPDATE jobs SET status = 'leased', lease_id = %s, worker_id = %s, lease_deadline = %s, "
+    "attempts = attempts + 1 WHERE id = %s"
+)
 TRACE_SQL = (
     "INSERT INTO traces (id, job_id, campaign_id, worker_id, lease_id, attempt_id, text, "
     "completion_token_ids, logprobs, finish_reason, prompt_tokens, completion_tokens, generate_s, engine, "
@@ -512,20 +582,46 @@ class EncodedCompletion:
     tokens: int
 
 
-def raw_batch(conn: psycopg.Connection[Any], job_ids: list[uuid.UUID], campaign: uuid.UUID,
-              worker: uuid.UUID, pool: list[EncodedCompletion], rng: random.Random) -> None:
+def raw_batch(
+    conn: psycopg.Connection[Any],
+    job_ids: list[uuid.UUID],
+    campaign: uuid.UUID,
+    worker: uuid.UUID,
+    pool: list[EncodedCompletion],
+    rng: random.Random,
+) -> None:
     """What one lease and one submission write, as two transactions of plain SQL."""
     now = datetime.now(UTC)
     leases = [uuid.uuid4() for _ in job_ids]
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(LEASE_SQL, [(lease, worker, now + timedelta(minutes=5), job)
-                                    for lease, job in zip(leases, job_ids, strict=True)])
+        cur.executemany(
+            LEASE_SQL,
+            [
+                (lease, worker, now + timedelta(minutes=5), job)
+                for lease, job in zip(leases, job_ids, strict=True)
+            ],
+        )
     engine, hardware = '{"name": "vllm"}', '{"gpus": ["simulated"]}'
     rows = []
     for lease, job in zip(leases, job_ids, strict=True):
         c = rng.choice(pool)
-        rows.append((uuid.uuid4(), job, campaign, worker, lease, uuid.uuid4(), c.text, c.token_ids,
-                     c.logprobs, c.tokens, engine, hardware, now))
+        rows.append(
+            (
+                uuid.uuid4(),
+                job,
+                campaign,
+                worker,
+                lease,
+                uuid.uuid4(),
+                c.text,
+                c.token_ids,
+                c.logprobs,
+                c.tokens,
+                engine,
+                hardware,
+                now,
+            )
+        )
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(TRACE_SQL, rows)
         cur.execute(SUBMITTED_SQL, (job_ids,))
@@ -541,11 +637,19 @@ def raw_ingest(database_url: str, campaign: str, worker: str, jobs: int, config:
     """Ingest `jobs` jobs over `raw_connections` connections, batches of `batch`."""
     url = libpq_url(database_url)
     with psycopg.connect(url) as conn:
-        ids = [row[0] for row in conn.execute(
-            "SELECT id FROM jobs WHERE campaign_id = %s LIMIT %s", (uuid.UUID(campaign), jobs))]
-    pool = [EncodedCompletion(c.text, orjson.dumps(c.token_ids).decode(), orjson.dumps(c.logprobs).decode(),
-                              len(c.token_ids)) for c in completions()]
-    shards = [ids[i::config.raw_connections] for i in range(config.raw_connections)]
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM jobs WHERE campaign_id = %s LIMIT %s", (uuid.UUID(campaign), jobs)
+            )
+        ]
+    pool = [
+        EncodedCompletion(
+            c.text, orjson.dumps(c.token_ids).decode(), orjson.dumps(c.logprobs).decode(), len(c.token_ids)
+        )
+        for c in completions()
+    ]
+    shards = [ids[i :: config.raw_connections] for i in range(config.raw_connections)]
     conns = [psycopg.connect(url) for _ in shards]
     barrier = threading.Barrier(len(shards) + 1)
 
@@ -553,7 +657,7 @@ def raw_ingest(database_url: str, campaign: str, worker: str, jobs: int, config:
         rng = random.Random(len(shard))
         barrier.wait()
         for i in range(0, len(shard), config.batch):
-            raw_batch(conn, shard[i:i + config.batch], uuid.UUID(campaign), uuid.UUID(worker), pool, rng)
+            raw_batch(conn, shard[i : i + config.batch], uuid.UUID(campaign), uuid.UUID(worker), pool, rng)
 
     threads = [threading.Thread(target=work, args=(c, s)) for c, s in zip(conns, shards, strict=True)]
     backends = [conn.info.backend_pid for conn in conns]
@@ -597,12 +701,14 @@ def cpu_rows(outcome: Outcome) -> list[tuple[str, str]]:
     services = (b.services - a.services) / wall
     share = (b.machine_busy - a.machine_busy) / max(1e-9, b.machine_total - a.machine_total)
     others = max(0.0, share * (os.cpu_count() or 1) - server - postgres - loadgen - services)
-    return [("CPU cores: server processes", f"{server:.2f}"),
-            ("CPU cores: PostgreSQL backends", f"{postgres:.2f}"),
-            ("CPU cores: load generator", f"{loadgen:.2f}"),
-            ("CPU cores: PostgreSQL background processes and Redis", f"{services:.2f}"),
-            ("CPU cores: everything else (other users, kernel)", f"{others:.2f}"),
-            ("machine CPU busy", f"{100 * share:.0f}% of {os.cpu_count()} cores")]
+    return [
+        ("CPU cores: server processes", f"{server:.2f}"),
+        ("CPU cores: PostgreSQL backends", f"{postgres:.2f}"),
+        ("CPU cores: load generator", f"{loadgen:.2f}"),
+        ("CPU cores: PostgreSQL background processes and Redis", f"{services:.2f}"),
+        ("CPU cores: everything else (other users, kernel)", f"{others:.2f}"),
+        ("machine CPU busy", f"{100 * share:.0f}% of {os.cpu_count()} cores"),
+    ]
 
 
 def cost_rows(config: Config, outcome: Outcome) -> list[tuple[str, str]]:
@@ -620,8 +726,10 @@ def cost_rows(config: Config, outcome: Outcome) -> list[tuple[str, str]]:
         ("server CPU per job (ms)", f"{server_ms:.2f}"),
         ("PostgreSQL CPU per job (ms): API / raw", f"{api_pg_ms:.2f} / {raw_pg_ms:.2f}"),
         ("load generator CPU per job (ms)", f"{loadgen_ms:.2f}"),
-        ("capacity of the cores alone, jobs/s: with / without load generator",
-         f"{with_gen:,.0f} / {without_gen:,.0f}"),
+        (
+            "capacity of the cores alone, jobs/s: with / without load generator",
+            f"{with_gen:,.0f} / {without_gen:,.0f}",
+        ),
         (f"raw PostgreSQL ingest jobs/s ({config.raw_connections} connections)", f"{raw_rate:,.0f}"),
         ("ratio API : raw", f"{api_rate / raw_rate:.2f}"),
     ]
@@ -694,8 +802,10 @@ def run(config: Config) -> str:
         api_jobs = sum(s.jobs for s in submits)
         print(f"raw PostgreSQL ingest of {api_jobs} jobs ...", file=sys.stderr)
         if api_jobs == 0:
-            raise SystemExit(f"no job completed in the measured window; traces stored: {stored}; "
-                             f"anomalies: {dict(tally.problems)}")
+            raise SystemExit(
+                f"no job completed in the measured window; traces stored: {stored}; "
+                f"anomalies: {dict(tally.problems)}"
+            )
         raw_campaign = create_campaign(env, "bench-raw", math.ceil(api_jobs / config.problems))
         raw = raw_ingest(database_url, raw_campaign, worker_id, api_jobs, config)
     outcome = Outcome(api_jobs, window, leases, submits, tally.problems, api_jobs, raw, stored)
