@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.trust.forcing import BudgetTokens
 from shared.assets import resolve_model
+from shared.budget import BudgetTokens
 from shared.protocol import BudgetForcing, ChatMessage
 
 MAX_PREFILL_TOKENS = 16_384  # tokens (rows x padded length) in one validation forward pass

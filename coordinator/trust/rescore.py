@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.trust.forcing import BudgetState, BudgetTokens
+from shared.budget import BudgetState, BudgetTokens
 from shared.protocol import BudgetForcing, SamplingParams
 from shared.sampling import filtered_logprobs, gumbel_noise
 

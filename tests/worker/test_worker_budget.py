@@ -10,9 +10,9 @@ import torch
 from conftest import make_job
 
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from shared.budget import BudgetState, BudgetTokens, thinking_length
 from shared.protocol import BudgetForcing, FinishReason, JobSpec
 from shared.sampling import filtered_logprobs, gumbel_noise
-from worker.budget import BudgetState, BudgetTokens, thinking_length
 from worker.engines.base import Generation
 from worker.engines.hf import TransformersEngine
 from worker.engines.prompt import prompt_token_ids

@@ -2,7 +2,7 @@
 
 `model.generate` is not used: its samplers draw from torch's global RNG, which no validator can
 replay. Here every sampled token comes from shared.sampling's seeded Gumbel-max, and budget
-forcing (worker/budget.py) decides the positions that are forced instead.
+forcing (shared/budget.py) decides the positions that are forced instead.
 
 Samples of one problem share their prompt: each distinct prompt is prefilled once and its KV
 cache copied to every row that uses it. A batch's size can be derived from the GPU memory free
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.assets import resolve_model
+from shared.budget import BudgetState, Step
 from shared.protocol import (
     MAX_BATCH,
     ChatMessage,
@@ -29,7 +30,6 @@ from shared.protocol import (
     SamplingParams,
 )
 from shared.sampling import sample_step
-from worker.budget import BudgetState, Step
 from worker.engines.base import Generation, ShouldStop, package_version
 from worker.engines.prompt import BudgetTokenizer, decode_completion, prompt_token_ids, stop_token_ids
 from worker.errors import EngineError

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from shared.budget import BudgetTokens
 from shared.protocol import BudgetForcing, ChatMessage
-from worker.budget import BudgetTokens
 from worker.errors import EngineError
 
 

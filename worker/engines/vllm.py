@@ -7,7 +7,7 @@ vLLM then samples greedily and so emits exactly that token. The processor record
 logprob (the definition in docs/worker.md, not vLLM's raw logprobs) in this process, which is why
 the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Newer vLLM releases default
 to a second model runner with another processor interface; VLLM_USE_V2_MODEL_RUNNER=0 keeps the
-one implemented here. Budget forcing (worker/budget.py) runs in the same processor: at a forced
+one implemented here. Budget forcing (shared/budget.py) runs in the same processor: at a forced
 position it leaves the forced token finite instead of the sample. Samples of one problem share
 their prompt through vLLM's prefix cache; its paged KV cache sizes batches within
 `--gpu-memory-fraction`. `llm.generate` is blocking, so a pause takes effect after the batch.
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.assets import resolve_model
+from shared.budget import SAMPLE, BudgetState, BudgetTokens, Step
 from shared.protocol import MAX_BATCH, BudgetForcing, EngineInfo, FinishReason, JobSpec, SamplingParams
 from shared.sampling import sample_step
-from worker.budget import SAMPLE, BudgetState, BudgetTokens, Step
 from worker.engines.base import Generation, ShouldStop, package_version
 from worker.engines.hf import forced_logprobs
 from worker.engines.prompt import BudgetTokenizer, prompt_token_ids, stop_token_ids

@@ -8,8 +8,7 @@ the completion tokens so far, the job's `BudgetForcing` and, at the positions wh
 token the seeded sampler picked there; so a validator that holds the logits of one prefill can
 replay it over a claimed trace (docs/worker.md, "Budget forcing", states the rule in full).
 
-Only the standard library and shared.protocol are imported: the module can move to `shared/`
-unchanged, for the coordinator's validator to run the very same rule.
+Only the standard library and shared.protocol are imported, so the worker and the validator share it.
 """
 
 from __future__ import annotations
