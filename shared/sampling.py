@@ -9,7 +9,9 @@ A generated token is a deterministic function of (logits, job seed, sample index
 
 `G` is Gumbel noise from a counter-based hash, so any party holding the logits can recompute
 it: the worker's engines sample with `sample_step`, a validator re-scores a claimed trace with
-`filtered_logprobs` + `gumbel_noise`. Temperature 0 is plain greedy argmax of the raw logits,
+`filtered_logprobs` + `gumbel_noise`. The hash picks one of 2**24 uniform levels and G is a fixed
+function of the level, so large draws read G from a table of all levels, built once per device,
+instead of evaluating two logarithms per token. Temperature 0 is plain greedy argmax of the raw logits,
 and its logprob is the unfiltered log-softmax of the raw logits.
 
 The functions are array-module agnostic: `xp` is `numpy` or `torch` (any device). Only integer
@@ -21,6 +23,7 @@ This module imports neither library: it stays within the `shared` rule (pydantic
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +37,12 @@ _SQRT_HALF = math.sqrt(0.5)
 # 12 terms put the truncation error below 1e-19, under float64 rounding.
 _ATANH_COEFFS = tuple(1.0 / (2 * k + 1) for k in range(12))
 _UNIFORM_BITS = 24
+# Draws of at least this many values read G from the per-device table of all 2**24 levels
+# (128 MiB of float64, built once); smaller ones, like a tiny model's, compute it directly.
+TABLE_MIN_ELEMENTS = 1 << 21
+_TABLE_CHUNK = 1 << 20
+_tables: dict[tuple[bool, str], Any] = {}
+_tables_lock = threading.Lock()
 
 
 def lowbias32(x: Any) -> Any:
@@ -151,10 +160,35 @@ def gumbel_noise(
     keys = _keys_array(ops, seeds, sample_indices, positions)
     k1, k2 = keys[0][:, None], keys[1][:, None]
     x = (token_ids[None, :] * _GOLDEN) & MASK32
-    h = lowbias32(lowbias32(x ^ k1) ^ k2)
-    # 24 high bits, offset by half a step: u lies strictly inside (0, 1), so both logs are finite.
-    u = (ops.to_f64(h >> (32 - _UNIFORM_BITS)) + 0.5) * (1.0 / (1 << _UNIFORM_BITS))
+    level = lowbias32(lowbias32(x ^ k1) ^ k2) >> (32 - _UNIFORM_BITS)
+    if len(seeds) * int(token_ids.shape[-1]) >= TABLE_MIN_ELEMENTS:
+        return _gumbel_table(ops)[level]
+    return _gumbel_of_level(ops, level)
+
+
+def _gumbel_of_level(ops: _Ops, level: Any) -> Any:
+    """G for integer levels in [0, 2**24): u = (level + 1/2) / 2**24 lies strictly inside (0, 1),
+    so both logarithms are finite."""
+    u = (ops.to_f64(level) + 0.5) * (1.0 / (1 << _UNIFORM_BITS))
     return -_exact_log(ops, -_exact_log(ops, u))
+
+
+def _gumbel_table(ops: _Ops) -> Any:
+    """G for every level, on the device of `ops`: the same exact operations, evaluated once."""
+    key = (ops.torch, str(ops.device))
+    table = _tables.get(key)
+    if table is not None:
+        return table
+    with _tables_lock:
+        table = _tables.get(key)
+        if table is None:
+            # In chunks, so building it never holds more than a few MiB of temporaries.
+            chunks = [
+                _gumbel_of_level(ops, ops.arange(_TABLE_CHUNK) + start)
+                for start in range(0, 1 << _UNIFORM_BITS, _TABLE_CHUNK)
+            ]
+            table = _tables[key] = ops.xp.cat(chunks) if ops.torch else ops.xp.concatenate(chunks)
+    return table
 
 
 def _row_params(ops: _Ops, sampling: Sequence[SamplingParams]) -> tuple[Any, Any, Any, Any]:
@@ -195,9 +229,13 @@ def _allowed_z(ops: _Ops, logits: Any, sampling: Sequence[SamplingParams]) -> An
     return ops.xp.where(z >= _threshold(ops, z, top_k, top_p), z, ops.f64(-math.inf))
 
 
-def _log_softmax(ops: _Ops, z: Any) -> Any:
+def _logsumexp(ops: _Ops, z: Any) -> Any:
     peak = ops.max(z)
-    return z - (peak + ops.xp.log(ops.sum(ops.xp.exp(z - peak))))
+    return peak + ops.xp.log(ops.sum(ops.xp.exp(z - peak)))
+
+
+def _log_softmax(ops: _Ops, z: Any) -> Any:
+    return z - _logsumexp(ops, z)
 
 
 def filtered_logprobs(xp: Any, logits: Any, sampling: Sequence[SamplingParams]) -> Any:
@@ -225,8 +263,10 @@ def sample_step(
     ops = _Ops(xp, logits)
     z = _allowed_z(ops, logits, sampling)
     noise = gumbel_noise(xp, seeds, sample_indices, positions, ops.arange(logits.shape[-1]))
-    stochastic = ops.f64([0.0 if s.temperature == 0.0 else 1.0 for s in sampling])[:, None]
+    if any(s.temperature == 0.0 for s in sampling):
+        stochastic = ops.f64([0.0 if s.temperature == 0.0 else 1.0 for s in sampling])[:, None]
+        noise = noise * stochastic
     # The argmax reads z + G, not logprob + G: z is exact on every backend, the logsumexp is not.
-    tokens = ops.argmax(z + noise * stochastic)
-    chosen = ops.take(_log_softmax(ops, z), tokens[:, None])[:, 0]
+    tokens = ops.argmax(z + noise)
+    chosen = ops.take(z, tokens[:, None])[:, 0] - _logsumexp(ops, z)[:, 0]
     return tokens, chosen

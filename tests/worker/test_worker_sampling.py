@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import shared.sampling
 from shared.protocol import SamplingParams
 from shared.sampling import (
     _exact_log,
@@ -60,6 +61,21 @@ def test_noise_is_bit_identical_on_cuda() -> None:
     cpu = gumbel_noise(np, *args, np.arange(vocab, dtype=np.int64))
     cuda = gumbel_noise(torch, *args, torch.arange(vocab, dtype=torch.int64, device="cuda"))
     assert np.array_equal(cpu.view(np.int64), cuda.cpu().numpy().view(np.int64))
+
+
+def test_table_noise_is_bit_identical_to_direct_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large draws read G from the per-device table; it must be the very same function."""
+    vocab = 151_936
+    args = (SEEDS, list(range(len(SEEDS))), [0, 1, 5, 100, 4095, 32767, 7])
+    monkeypatch.setattr(shared.sampling, "TABLE_MIN_ELEMENTS", 1 << 62)
+    direct = gumbel_noise(np, *args, np.arange(vocab, dtype=np.int64))
+    monkeypatch.setattr(shared.sampling, "TABLE_MIN_ELEMENTS", 1)
+    from_table = gumbel_noise(torch, *args, torch.arange(vocab, dtype=torch.int64))
+    assert np.array_equal(direct.view(np.int64), from_table.numpy().view(np.int64))
+    # the table's extremes: the first and last of the 2**24 levels
+    table = shared.sampling._gumbel_table(_Ops(torch, from_table))
+    ends = shared.sampling._gumbel_of_level(_Ops(np, direct), np.asarray([0, (1 << 24) - 1]))
+    assert np.array_equal(table[[0, -1]].numpy(), ends)
 
 
 def test_exact_log_matches_libm_to_a_few_ulp() -> None:
