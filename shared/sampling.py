@@ -41,6 +41,8 @@ _UNIFORM_BITS = 24
 # (128 MiB of float64, built once); smaller ones, like a tiny model's, compute it directly.
 TABLE_MIN_ELEMENTS = 1 << 21
 _TABLE_CHUNK = 1 << 20
+# Below this many rows the Python chain is cheaper than a dozen array passes (kernel launches).
+_ARRAY_KEYS_MIN_ROWS = 64
 _tables: dict[tuple[bool, str], Any] = {}
 _tables_lock = threading.Lock()
 
@@ -140,8 +142,26 @@ def _exact_log(ops: _Ops, x: Any) -> Any:
 
 
 def _keys_array(ops: _Ops, seeds: Sequence[int], indices: Sequence[int], positions: Sequence[int]) -> Any:
-    keys = [row_keys(int(s), int(i), int(p)) for s, i, p in zip(seeds, indices, positions, strict=True)]
-    return ops.i64([[k[0] for k in keys], [k[1] for k in keys]])
+    """`row_keys` of every row at once, [2, rows] int64: the same hash chain on arrays, so that a
+    validator's thousands of positions cost a few array passes instead of Python calls each."""
+    if len(seeds) < _ARRAY_KEYS_MIN_ROWS:
+        keys = [row_keys(int(s), int(i), int(p)) for s, i, p in zip(seeds, indices, positions, strict=True)]
+        return ops.i64([[k[0] for k in keys], [k[1] for k in keys]])
+    fields = ops.i64(
+        [
+            [(int(s) & MASK32) ^ 0x243F6A88 for s in seeds],
+            [(int(s) >> 32) & MASK32 for s in seeds],
+            [int(i) & MASK32 for i in indices],
+            [(int(i) >> 32) & MASK32 for i in indices],
+            [int(p) & MASK32 for p in positions],
+        ]
+    )
+    h = lowbias32(fields[0])
+    for row in range(1, 4):
+        h = lowbias32(h ^ fields[row])
+    k1 = lowbias32(h ^ fields[4])
+    k2 = lowbias32(k1 ^ 0x85A308D3)
+    return ops.xp.stack([k1, k2])
 
 
 def gumbel_noise(

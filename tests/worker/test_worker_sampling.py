@@ -43,6 +43,17 @@ def test_row_keys_depend_on_every_counter_field() -> None:
         assert other != base
 
 
+@pytest.mark.parametrize("xp", [np, torch])
+def test_row_keys_on_arrays_equal_the_python_chain(xp: object) -> None:
+    rows = 200  # above the size where keys are derived with array operations
+    seeds = [SEEDS[k % len(SEEDS)] + k for k in range(rows)]
+    indices, positions = [k * 2**33 + 5 for k in range(rows)], [k * 7 for k in range(rows)]
+    like = np.zeros(1) if xp is np else torch.zeros(1)
+    keys = shared.sampling._keys_array(_Ops(xp, like), seeds, indices, positions)
+    pairs = list(zip(keys[0].tolist(), keys[1].tolist(), strict=True))
+    assert pairs == [row_keys(s, i, p) for s, i, p in zip(seeds, indices, positions, strict=True)]
+
+
 def test_noise_is_bit_identical_numpy_vs_torch() -> None:
     vocab = 151_936  # a real (Qwen2) vocabulary size
     rows = len(SEEDS)
