@@ -497,6 +497,29 @@ def indistinguishable(fake: Forged, real: Forged, job: JobSpec, claim: str) -> b
     return all(abs(a - b) <= slack for a, b in zip(fake.logprobs, real.logprobs, strict=True))
 
 
+def forge_records(names: Sequence[str], count: int, claim: str, seed: int) -> list[Record]:
+    """Forgeries of `count` honest jobs by each attack whose name contains one of `names`, written as
+    trace records claiming `claim`, for `check` offline (source "attack:<name>"); forgeries that
+    are the honest trace within the claim's allowance are left out, as `attack` leaves them out."""
+    models, rng = Models(), random.Random(seed)
+    jobs = honest_jobs(count, seed)
+    honest = [f for start in range(0, count, 32) for f in _generated(models.honest, jobs[start : start + 32])]
+    records = []
+    for attack in [a for a in ATTACKS if any(n in a.name for n in names)]:
+        source = "attack:" + attack.name.split(" (")[0].replace(" ", "-")
+        forged = []
+        for start in range(0, count, 32):
+            forged += attack.forge(models, jobs[start : start + 32], honest[start : start + 32], rng)
+        for job, fake, real in zip(jobs, forged, honest, strict=True):
+            if fake is not None and not indistinguishable(fake, real, job, claim):
+                spec = job.model_dump(mode="json")
+                records.append(
+                    Record(spec, fake.tokens, fake.logprobs, fake.finish, fake.text, claim, source, 0, 0.0)
+                )
+        print(f"{attack.name}: {sum(r.device == source for r in records)} forgeries", flush=True)
+    return records
+
+
 # --------------------------------------------------------------------------- attack: the coordinator
 
 
@@ -772,6 +795,12 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("files", type=Path, nargs="+")
     again.add_argument("--device", default="cuda", help="where the saved check ran (for the printout)")
     again.add_argument("--dtype", default="float32", help="the validator dtype of the saved check")
+    fake = sub.add_parser("forge", help="forged traces of chosen attacks, written to --out for `check`")
+    fake.add_argument("--only", nargs="+", default=["weights", "temperature", "replay", "logprobs", "pasted"])
+    fake.add_argument("--count", type=int, default=256, help="honest jobs each attack forges")
+    fake.add_argument("--claim", default="bfloat16", help="the dtype the forgeries claim")
+    fake.add_argument("--seed", type=int, default=7)
+    fake.add_argument("--out", type=Path, required=True)
     atk = sub.add_parser("attack", help="honest and cheating workers against a running coordinator")
     atk.add_argument("--honest", type=int, default=2000, help="honest traces sent through the coordinator")
     atk.add_argument("--per-attack", type=int, default=1000, help="forged traces per attack claiming float32")
@@ -797,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         save(records, args.out)
         per_trace = statistics.fmean(r.generate_s for r in records) if records else 0.0
         print(f"wrote {len(records)} traces to {args.out}; {per_trace * 1e3:.2f} ms of generation per trace")
+        return 0
+    if args.command == "forge":
+        save(forge_records(args.only, args.count, args.claim, args.seed), args.out)
         return 0
     if args.command == "check":
         checked = check_records(load(args.files), args.device, args.dtype)
