@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.assets import resolve_model
@@ -113,25 +114,41 @@ _LOADED: dict[tuple[str, str | None, str, str], Scorer] = {}
 _LOCK = threading.Lock()
 
 
-def scorer(name: str, revision: str | None, device: str, dtype: str) -> Scorer:
-    """The process-wide scorer for this model, loaded on first use."""
+def scorer(
+    name: str,
+    revision: str | None,
+    device: str,
+    dtype: str,
+    weights: Path | None = None,
+    base: str | None = None,
+) -> Scorer:
+    """The process-wide scorer for this model, loaded on first use.
+
+    `base` and `weights` describe a model published as an artifact (a checkpoint or an RL policy
+    version, named `flywheel-artifact/<sha256>`): the base model's config and tokenizer with the
+    artifact's safetensors file laid over its weights. Names are content hashes, so the cache key
+    stays the name."""
     key = (name, revision, device, dtype)
     with _LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
-            loaded = _LOADED[key] = _load(name, revision, device, dtype)
+            loaded = _LOADED[key] = _load(name, revision, device, dtype, weights, base)
         return loaded
 
 
-def _load(name: str, revision: str | None, device: str, dtype: str) -> Scorer:
+def _load(
+    name: str, revision: str | None, device: str, dtype: str, weights: Path | None, base: str | None
+) -> Scorer:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     chosen = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    path = resolve_model(name)
+    path = base or resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=getattr(torch, dtype))
+        if weights is not None:
+            _overlay(model, weights)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"cannot load {name!r} for validation: {exc}") from exc
     model = model.to(chosen).eval()  # type: ignore[arg-type]
@@ -144,6 +161,15 @@ def _load(name: str, revision: str | None, device: str, dtype: str) -> Scorer:
         stops=frozenset(_stop_ids(tokenizer, generation)),
         context=int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
     )
+
+
+def _overlay(model: Any, weights: Path) -> None:
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    # Tied heads are stored once; anything else missing means the file is not for this model.
+    if {m for m in missing if not m.endswith("lm_head.weight")} or unexpected:
+        raise ValueError(f"weights {weights.name} do not fit the base model")
 
 
 def _stop_ids(tokenizer: Any, generation_config: Any) -> set[int]:

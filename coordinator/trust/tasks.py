@@ -14,11 +14,15 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from itertools import groupby
+from pathlib import Path
 
 from coordinator.db import transaction, utcnow
+from coordinator.errors import FlywheelError
+from coordinator.pipeline import service as pipeline
 from coordinator.runtime import Runtime, get_runtime
 from coordinator.trust import models_cache, repository, service
 from coordinator.trust.validator import Submitted, validate
+from shared.protocol import ARTIFACT_MODEL_PREFIX
 
 log = logging.getLogger(__name__)
 VALIDATE_TASK = "coordinator.trust.tasks.validate_traces"
@@ -62,7 +66,10 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
     settings = runtime.settings
     validator = {"model": name, "device": settings.validation_device, "dtype": settings.validation_dtype}
     try:
-        scorer = models_cache.scorer(name, revision, settings.validation_device, settings.validation_dtype)
+        base, weights = _source(runtime, name)
+        scorer = models_cache.scorer(
+            name, revision, settings.validation_device, settings.validation_dtype, weights, base
+        )
     except models_cache.ModelUnavailable as exc:
         log.warning("validation of %d traces: %s", len(items), exc)
         results = [service.Result(None, str(exc), validator, 0.0)] * len(items)
@@ -78,6 +85,19 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
         if recheck:
             log.warning("worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck))
             enqueue_validation(runtime, recheck)
+
+
+def _source(runtime: Runtime, name: str) -> tuple[str | None, Path | None]:
+    """Base model and weights file of a model published as an artifact (a checkpoint or an RL policy
+    version); (None, None) for a name the model cache resolves itself."""
+    if not name.startswith(ARTIFACT_MODEL_PREFIX):
+        return None, None
+    try:
+        with transaction(runtime.sessions) as session:
+            source = pipeline.resolve(session, runtime.settings, name)
+    except FlywheelError as exc:
+        raise models_cache.ModelUnavailable(f"cannot load {name!r} for validation: {exc}") from exc
+    return source.base, source.weights
 
 
 def requeue_stale(runtime: Runtime, older_than_s: float, limit: int = 10_000) -> int:

@@ -6,7 +6,9 @@ from typing import Any
 from tests.coordinator.conftest import Api
 
 
-def make_campaign(api: Api, problems: int = 4, samples: int = 2, max_tokens: int = 64) -> dict[str, Any]:
+def make_campaign(
+    api: Api, problems: int = 4, samples: int = 2, max_tokens: int = 64, model: str = "flywheel/tiny-arith"
+) -> dict[str, Any]:
     name = uuid.uuid4().hex[:8]
     r = api.client.post(
         "/v1/problem-sets",
@@ -19,7 +21,7 @@ def make_campaign(api: Api, problems: int = 4, samples: int = 2, max_tokens: int
         json={
             "name": f"campaign-{name}",
             "problem_set_id": r.json()["id"],
-            "model": {"name": "flywheel/tiny-arith"},
+            "model": {"name": model},
             "samples_per_problem": samples,
             "sampling": {"max_tokens": max_tokens, "temperature": 1.0},
         },

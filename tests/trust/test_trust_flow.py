@@ -256,3 +256,49 @@ def _stub() -> Any:
 
     return Generation(text="", completion_token_ids=[], logprobs=[], finish_reason=FinishReason.length,
                       prompt_tokens=0, generate_s=0.0)  # fmt: skip
+
+
+def test_traces_of_a_published_policy_version_are_validated_with_its_weights(
+    trust_api: Api, tmp_path: Any
+) -> None:
+    """A model named `flywheel-artifact/<sha256>` (a checkpoint or RL policy version) is the base
+    model with the artifact's weights laid over it: the validator must load exactly that."""
+    import torch
+
+    from coordinator.pipeline import service as pipeline
+    from coordinator.pipeline.ops.modeling import ModelSource, materialize, save_weights
+    from shared.assets import TINY_MODEL_NAME, resolve_model
+    from shared.protocol import ARTIFACT_MODEL_PREFIX
+
+    base = TransformersEngine.load(TINY_MODEL_NAME, device="cpu")
+    with torch.no_grad():  # a different policy: same shape, visibly other logits
+        base.model.lm_head.weight.mul_(1.5)
+    weights = save_weights(base.model, tmp_path / "policy.safetensors")
+    with transaction(trust_api.runtime.sessions) as session:
+        artifact = pipeline.register_artifact(
+            session, pipeline.store(trust_api.runtime.settings), weights, kind="policy", name="policy-test",
+            filename="model.safetensors", media_type="application/octet-stream", job_id=None,
+            meta={"base_model": TINY_MODEL_NAME},
+        )  # fmt: skip
+        sha = artifact.sha256
+    name = ARTIFACT_MODEL_PREFIX + sha
+    served = materialize(
+        ModelSource(base=resolve_model(TINY_MODEL_NAME), weights=weights), tmp_path / "served"
+    )
+    policy = TransformersEngine.load(str(served), device="cpu")
+    make_campaign(trust_api, problems=2, samples=2, max_tokens=48, model=name)
+    honest, stale = trust_api.volunteer("policy"), trust_api.volunteer("base")
+    for worker, engine in ((honest, policy), (stale, TransformersEngine.load(TINY_MODEL_NAME, device="cpu"))):
+        jobs = trust_api.client.post(
+            "/v1/leases", json={"max_jobs": 2, "models": [name]}, headers=worker
+        ).json()
+        leased = jobs["jobs"]
+        submit(
+            trust_api,
+            worker,
+            [submission(j, g) for j, g in zip(leased, generate(engine, leased), strict=True)],
+        )
+    settle(trust_api)
+    assert trust_record(trust_api, worker_id(trust_api, honest))["passed"] == 2
+    record = trust_record(trust_api, worker_id(trust_api, stale))
+    assert record["state"] == "quarantined" and record["failed"] >= 1
