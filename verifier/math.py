@@ -5,7 +5,11 @@ Order of checks, cheapest first:
 2. rejection of answers built to be slow (exponent towers, huge factorials, deep nesting, sums);
 3. the fast exact path: integers, decimals and simple fractions on both sides are compared as
    exact rationals in this process, without SymPy (most GSM8K-style answers end here);
-4. otherwise math-verify in a sandboxed service pool with a hard kill (verifier/pool.py).
+4. the identical path: the same LaTeX tokens on both sides;
+5. the fast symbolic path (verifier/fastmath/): common MATH shapes (roots, pi, e, powers,
+   polynomials, tuples, sets, intervals, `y = ...`) decided exactly in this process, or left
+   undecided;
+6. otherwise math-verify in a sandboxed service pool with a hard kill (verifier/pool.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from shared.protocol import MAX_TEXT_CHARS, Verdict, VerifierSpec
+from verifier.fastmath import fast_equal
 from verifier.pool import ServiceSpec, get_pool
 
 MAX_COMPLETION_CHARS = MAX_TEXT_CHARS
@@ -190,10 +195,14 @@ def verify_math(spec: VerifierSpec, answer: str) -> Verdict:
         return _verdict(want == got, "" if want == got else "not equal to the reference answer", "exact")
     if latex_tokens(gold, percent) == latex_tokens(boxed, percent):
         return _verdict(True, "", "identical")  # the same expression, written the same way
-    return _symbolic(gold, boxed, percent)
+    decided = fast_equal(gold, boxed, percent)
+    if decided is not None:
+        return _verdict(decided, "" if decided else "not equal to the reference answer", "fast-symbolic")
+    return symbolic_verdict(gold, boxed, percent)
 
 
-def _symbolic(gold: str, boxed: str, percent: str) -> Verdict:
+def symbolic_verdict(gold: str, boxed: str, percent: str = "value") -> Verdict:
+    """math-verify's verdict alone, from the service pool (the last step of `verify_math`)."""
     payload = {"gold": _percent_form(gold, percent), "answer": _percent_form(boxed, percent)}
     reply = get_pool(SERVICE).call(payload)
     if reply.result is None:
