@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "X-Flywheel-Protocol"
@@ -22,8 +22,17 @@ MAX_TEXT_CHARS = 200_000
 MAX_COMPLETION_TOKENS = 32_768
 MAX_BATCH = 256
 MAX_NAME = 128
+MAX_ARTIFACT_BYTES = 1 << 40  # 1 TiB: far above any model a volunteer serves, low enough to refuse junk
+MAX_GROUP_SIZE = 1024
+ARTIFACT_MODEL_PREFIX = "flywheel-artifact/"  # + sha256: weights a pipeline job produced
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# A path under the coordinator's base URL: "/"-separated segments of URL-safe characters, none
+# starting with "." (so no "..") and none empty, so it can never name another host.
+RelativePath = Annotated[
+    str, Field(min_length=2, max_length=512, pattern=r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$")
+]
 
 
 class Wire(BaseModel):
@@ -129,8 +138,41 @@ class BudgetForcing(Wire):
     wait_text: str = Field(default="Wait", min_length=1, max_length=64)
 
 
+class PolicyRef(Wire):
+    """One version of an RL run's policy: one safetensors file of full weights on top of a base
+    model, whose config and tokenizer the worker supplies. Rollout jobs run it under the model name
+    `flywheel-artifact/<sha256>`."""
+
+    version: int = Field(ge=0, le=2**31 - 1)
+    sha256: Sha256 = Field(description="of the weights file; the worker checks it before use")
+    base_model: Name = Field(description="the model that supplies config and tokenizer")
+    size_bytes: int = Field(ge=0, le=MAX_ARTIFACT_BYTES)
+    url: RelativePath = Field(description="download path under the coordinator URL; honours Range")
+
+    @property
+    def model_name(self) -> str:
+        return ARTIFACT_MODEL_PREFIX + self.sha256
+
+
+class RolloutGroupRef(Wire):
+    """The group a GRPO rollout belongs to: the jobs of one problem under one policy version, whose
+    rewards are normalised together by the coordinator."""
+
+    group_id: uuid.UUID
+    size: int = Field(ge=1, le=MAX_GROUP_SIZE)
+
+
+class PolicyList(Wire):
+    """Policy versions with rollout jobs waiting now, newest first."""
+
+    policies: list[PolicyRef] = Field(default_factory=list, max_length=256)
+
+
 class JobSpec(Wire):
-    """One generation job: one problem, one sample index, within a campaign."""
+    """One generation job: one problem, one sample index, within a campaign.
+
+    `policy` and `group` are set on GRPO rollout jobs only (their model is `policy.model_name`).
+    """
 
     job_id: uuid.UUID
     campaign_id: uuid.UUID
@@ -141,6 +183,21 @@ class JobSpec(Wire):
     sample_index: int = Field(ge=0)
     samples_per_problem: int = Field(ge=1)
     budget: BudgetForcing | None = None
+    policy: PolicyRef | None = None
+    group: RolloutGroupRef | None = None
+
+    # No return annotation on purpose: pydantic then keeps the model's own serialisation schema
+    # (the OpenAPI document), where any annotation would replace it.
+    @model_serializer(mode="wrap")
+    def _omit_absent_rollout_fields(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # Workers that predate these fields forbid unknown keys: a job that is not a rollout must
+        # serialise exactly as it did before them.
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("policy", "group"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
 
 class LeaseRequest(Wire):
@@ -385,6 +442,8 @@ class Routes:
     heartbeat = "/leases/heartbeat"
     release = "/leases/release"
     submit = "/results"
+    artifacts = "/pipeline/artifacts"  # + /<sha256>: bytes (Range), + /<sha256>/info: the record
+    policies = "/pipeline/policies"
     problem_sets = "/problem-sets"
     campaigns = "/campaigns"
     workers = "/workers"

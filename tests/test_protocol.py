@@ -7,10 +7,12 @@ PROTOCOL_VERSION if old workers would break.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, ValidationError, create_model
 
 import shared.protocol as protocol
 
@@ -36,6 +38,36 @@ def test_error_body_shape() -> None:
     body = protocol.ErrorBody(error=protocol.ErrorInfo(code="x", message="y"))
     assert set(body.model_dump()) == {"error"}
     assert set(body.model_dump()["error"]) == {"code", "message", "details"}
+
+
+def _job(**extra: Any) -> protocol.JobSpec:
+    return protocol.JobSpec(
+        job_id=uuid.uuid4(), campaign_id=uuid.uuid4(), problem_id="p", sample_index=0, samples_per_problem=2,
+        messages=[protocol.ChatMessage(role="user", content="1+1")], model=protocol.ModelRef(name="m"),
+        sampling=protocol.SamplingParams(), **extra,
+    )  # fmt: skip
+
+
+def test_a_job_without_rollout_fields_parses_on_a_worker_that_predates_them() -> None:
+    fields = {
+        k: (f.annotation, f) for k, f in protocol.JobSpec.model_fields.items() if k not in ("policy", "group")
+    }
+    older = create_model("OlderJobSpec", __base__=protocol.Wire, **fields)
+    job = _job()
+    assert older.model_validate_json(job.model_dump_json()).model_dump() == job.model_dump()
+    sha = "0" * 64
+    policy = protocol.PolicyRef(version=2, sha256=sha, base_model="m", size_bytes=9, url=f"/v1/a/{sha}")
+    rollout = _job(policy=policy, group=protocol.RolloutGroupRef(group_id=uuid.uuid4(), size=2))
+    assert protocol.JobSpec.model_validate_json(rollout.model_dump_json()) == rollout
+    assert policy.model_name == "flywheel-artifact/" + sha
+
+
+@pytest.mark.parametrize(
+    "url", ["https://elsewhere/x", "//elsewhere/x", "/v1/../x", "/v1/./x", "/v1//x", "/x?y"]
+)
+def test_a_policy_url_is_a_plain_path_under_the_coordinator(url: str) -> None:
+    with pytest.raises(ValidationError):
+        protocol.PolicyRef(version=0, sha256="0" * 64, base_model="m", size_bytes=1, url=url)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from worker.config import (
     default_config_file,
     load_config,
 )
-from worker.errors import AuthError, ConfigError, EngineError, WorkerError
+from worker.errors import AuthError, ConfigError, EngineError, PolicyError, WorkerError
 
 log = logging.getLogger("flywheel.worker")
 EXIT_ERROR = 1
@@ -69,6 +69,13 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-jobs-per-day", type=int, metavar="N", help="stop leasing after N jobs a day (local days)")
     add("--spool", type=Path, help="directory for unacknowledged results (default: <state dir>/spool)")
     add("--state-dir", type=Path, help="directory for state, status and spool (default: per --name)")
+    add(
+        "--serve-policies",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run GRPO rollouts: download RL policy versions built on --model (default: off)",
+    )
+    add("--policy-cache", type=Path, help="directory for downloaded weights (default: <state dir>/policies)")
     add("--openai-base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     add("--openai-model", help="model name the OpenAI-compatible server serves (default: --model)")
     add("--once", action="store_true", default=None, help="process one lease, then exit")
@@ -188,17 +195,17 @@ def _check_coordinator(config: WorkerConfig, client: Any) -> None:
 
 
 def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, controls: Any, stop: Any) -> int:
-    from worker.engines import load_engine
     from worker.hardware import detect_hardware
     from worker.loop import Worker
+    from worker.rollouts import start_serving
 
     try:
-        engine = load_engine(config)
-    except EngineError as exc:
+        engine, policies = start_serving(config, client, stop)
+    except (EngineError, PolicyError) as exc:
         raise EngineError(f"cannot start: {exc.message}") from exc
     try:
         hardware = detect_hardware(use_torch=engine.info.device.startswith("cuda"))
-        worker = Worker(config, client, engine, spool, progress, hardware, stop, controls)
+        worker = Worker(config, client, engine, spool, progress, hardware, stop, controls, policies)
         return worker.run()
     finally:
         engine.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 from typing import TypeVar
 
 import httpx
@@ -23,6 +26,7 @@ from shared.protocol import (
     HeartbeatResponse,
     LeaseGrant,
     LeaseRequest,
+    PolicyList,
     RegisterRequest,
     RegisterResponse,
     ReleaseRequest,
@@ -102,8 +106,10 @@ class CoordinatorClient:
             headers["Authorization"] = f"Bearer {token}"
         self.retry = retry or RetryPolicy()
         self.stop = stop or threading.Event()
-        root = base_url.rstrip("/") + API_PREFIX
-        self._http = httpx.Client(base_url=root, headers=headers, timeout=timeout_s, transport=transport)
+        self._root = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self._root + API_PREFIX, headers=headers, timeout=timeout_s, transport=transport
+        )
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -158,6 +164,33 @@ class CoordinatorClient:
     def submit(self, request: SubmitRequest) -> SubmitResponse:
         # Safe to retry: the coordinator dedups on (lease id, attempt id).
         return self._call("POST", Routes.submit, request, SubmitResponse)
+
+    # ------------------------------------------------------------------ model weights
+
+    def policies(self, base_model: str | None = None) -> PolicyList:
+        """Policy versions with rollout jobs waiting, newest first (those built on `base_model`)."""
+        query = ("?" + urllib.parse.urlencode({"base_model": base_model})) if base_model else ""
+        return self._call("GET", Routes.policies + query, None, PolicyList)
+
+    def artifact_info(self, sha256: str, out: type[Model]) -> Model:
+        """The coordinator's record of an artifact, read into `out` (fields it does not name are ignored)."""
+        return self._call("GET", f"{Routes.artifacts}/{sha256}/info", None, out)
+
+    @contextlib.contextmanager
+    def download(self, path: str, start: int = 0) -> Iterator[httpx.Response]:
+        """Stream a file at `path` under the coordinator URL, from byte `start` on (a Range request:
+        the answer is 206 when honoured, 200 with the whole file when not). Not retried here: the
+        caller resumes from what it has. An error answer or a broken connection raises the typed
+        error (TransientError for the network, 5xx and 429)."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            with self._http.stream("GET", self._root + path, headers=headers) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ plumbing
 

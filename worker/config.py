@@ -96,6 +96,11 @@ class WorkerConfig(BaseModel):
     openai_model: str | None = Field(default=None, max_length=256)
     openai_api_key: SecretStr | None = None
     vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    serve_policies: bool = False
+    policy_cache: Path | None = None
+    policy_cache_versions: int = Field(default=3, ge=1, le=1000)
+    policy_cache_gb: float = Field(default=100.0, gt=0, le=1_000_000)
+    policy_poll_s: float = Field(default=10.0, gt=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("coordinator", "openai_base_url")
@@ -131,6 +136,8 @@ class WorkerConfig(BaseModel):
             raise ValueError("the vllm engine runs on one GPU; start one worker (own --name) per GPU")
         if self.device == "cpu" and (self.gpus or self.gpu_memory_fraction):
             raise ValueError("--gpus and --gpu-memory-fraction need a GPU device, not --device cpu")
+        if self.engine == "openai" and self.serve_policies:
+            raise ValueError("--serve-policies needs an engine that loads weights: transformers or vllm")
         return self
 
     @property
@@ -144,6 +151,14 @@ class WorkerConfig(BaseModel):
     @property
     def spool_dir(self) -> Path:
         return self.spool if self.spool is not None else self.state_path / "spool"
+
+    @property
+    def policy_cache_dir(self) -> Path:
+        return self.policy_cache if self.policy_cache is not None else self.state_path / "policies"
+
+    @property
+    def policy_cache_bytes(self) -> int:
+        return int(self.policy_cache_gb * (1 << 30))
 
     @property
     def parsed_schedule(self) -> Schedule:

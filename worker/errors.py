@@ -32,6 +32,12 @@ class EngineError(WorkerError):
     code = "engine_error"
 
 
+class PolicyError(WorkerError):
+    """A policy version (model weights from the pipeline) cannot be downloaded, verified or stored."""
+
+    code = "policy_error"
+
+
 class SpoolError(WorkerError):
     """The spool directory is unusable (locked by another daemon, unwritable)."""
 

@@ -28,6 +28,7 @@ from worker.errors import WorkerError
 from worker.leases import Heartbeat, JobQueue, LeaseBook, Queued, give_back
 from worker.prefetch import LeasePolicy, Prefetcher
 from worker.progress import Progress, Stats
+from worker.rollouts import PolicyWatcher
 from worker.spool import Spool
 from worker.state import StateStore, write_status
 from worker.submitter import Finished, Submitter
@@ -107,9 +108,10 @@ class Worker:
         hardware: HardwareInfo,
         stop: threading.Event,
         controls: Controls | None = None,
+        policies: PolicyWatcher | None = None,
     ) -> None:
         self.config, self.client, self.engine, self.spool = config, client, engine, spool
-        self.progress, self.stop = progress, stop
+        self.progress, self.stop, self.policies = progress, stop, policies
         config.state_path.mkdir(parents=True, exist_ok=True)  # for daemon.json, with --spool elsewhere
         self.controls = controls or Controls(
             StateStore(config.state_path), config.parsed_schedule, config.max_jobs_per_day
@@ -125,7 +127,8 @@ class Worker:
         self.submitter = Submitter(
             client, spool, self.book, self.stats, (engine.info, hardware), config.poll_interval_s, self._fail
         )
-        policy = LeasePolicy(config.model, self.sizes.max_jobs, config.poll_interval_s, config.once)
+        models = policies.models if policies is not None else lambda: [config.model]
+        policy = LeasePolicy(models, self.sizes.max_jobs, config.poll_interval_s, config.once)
         parts = (self.book, self.queue, self.heartbeat, self.controls, self.stats)
         self.prefetcher = Prefetcher(client, engine, parts, policy, self._pending, self._fail)
         self.reporter = Reporter(self)
@@ -145,6 +148,8 @@ class Worker:
         log.info("batches of %s, up to %d leases held", self.sizes.batch or f"<= {self.sizes.ceiling} (auto)",
                  self.sizes.max_leases)  # fmt: skip
         self.stats.work_started_at = time.time()
+        if self.policies is not None:
+            self.policies.start()  # first, so the first lease request can name what is cached
         for part in (self.heartbeat, self.submitter, self.prefetcher, self.reporter):
             part.start()
         try:
@@ -159,6 +164,8 @@ class Worker:
     def _shutdown(self) -> None:
         self._set_status("stopping")
         self.prefetcher.close()
+        if self.policies is not None:
+            self.policies.close()
         self._give_back(self.queue.drain(), "shutting down")
         self.submitter.close()
         self.heartbeat.close()

@@ -26,7 +26,7 @@ log = logging.getLogger("flywheel.worker")
 
 @dataclass(frozen=True)
 class LeasePolicy:
-    model: str
+    models: Callable[[], list[str]]  # the model names to ask jobs for, read before each request
     max_jobs: int  # per lease request
     poll_s: float  # wait after an empty grant or a failed request
     once: bool  # lease once, then stop
@@ -78,17 +78,18 @@ class Prefetcher:
             self.wake.clear()
             wanted = self.wanted()
             if wanted > 0:
-                grant = self._lease(wanted)
+                models = self.policy.models()
+                grant = self._lease(wanted, models)
                 if grant is not None:
-                    self._accept(grant)
+                    self._accept(grant, models)
                 self.done = self.policy.once
                 if grant is not None and grant.jobs:
                     continue
             self.wake.wait(self.policy.poll_s)
 
-    def _lease(self, wanted: int) -> LeaseGrant | None:
+    def _lease(self, wanted: int, models: list[str]) -> LeaseGrant | None:
         try:
-            grant = self.client.lease(LeaseRequest(max_jobs=wanted, models=[self.policy.model]))
+            grant = self.client.lease(LeaseRequest(max_jobs=wanted, models=models))
         except TransientError as exc:
             log.warning("cannot lease jobs: %s", exc)
             self._note_empty()
@@ -104,25 +105,25 @@ class Prefetcher:
         if self.empty_since is None:
             self.empty_since = time.monotonic()
 
-    def _accept(self, grant: LeaseGrant) -> None:
+    def _accept(self, grant: LeaseGrant, models: list[str]) -> None:
         self.stats.leased += len(grant.jobs)
         if not grant.jobs:
             self._note_empty()
             return
         self.empty_since = None
         self.book.add(job.lease_id for job in grant.jobs)
-        runnable = [job for job in grant.jobs if self._runnable(job)]
+        runnable = [job for job in grant.jobs if self._runnable(job, models)]
         kept = {job.lease_id for job in runnable}
         refused = [job.lease_id for job in grant.jobs if job.lease_id not in kept]
         self.stats.released += give_back(self.client, self.book, refused, "jobs this worker cannot run")
         self.queue.put(runnable)
 
-    def _runnable(self, job: LeasedJob) -> bool:
+    def _runnable(self, job: LeasedJob, models: list[str]) -> bool:
         why = None
-        if job.spec.model.name != self.policy.model:
-            why = f"wants model {job.spec.model.name!r}, this worker serves {self.policy.model!r}"
+        if job.spec.model.name not in models:
+            why = f"wants model {job.spec.model.name!r}, which this worker did not ask for"
         else:
-            why = self.engine.unsupported(job.spec)
+            why = self.engine.unsupported(job.spec)  # a policy version is downloaded here if need be
         if why is not None:
             log.warning("job %s %s; given back", job.spec.job_id, why)
         return why is None

@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 from coordinator.config import Settings
 from coordinator.db import utcnow
 from coordinator.jobs import repository
+from coordinator.pipeline import rl
 from coordinator.workers import service as workers
 from shared.protocol import (
+    ARTIFACT_MODEL_PREFIX,
     BudgetForcing,
     ChatMessage,
     HeartbeatRequest,
@@ -22,8 +24,10 @@ from shared.protocol import (
     LeaseGrant,
     LeaseRequest,
     ModelRef,
+    PolicyRef,
     ReleaseRequest,
     ReleaseResponse,
+    RolloutGroupRef,
     SamplingParams,
 )
 
@@ -54,6 +58,7 @@ def lease(
 def job_specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSpec]:
     """The specs workers get for these jobs; the validator rebuilds a trace's spec with it too."""
     parts = repository.spec_parts(session, [row.id for row in rows]) if rows else {}
+    rollouts = _rollout_refs(session, rows, parts)
     models: dict[uuid.UUID, ModelRef] = {}  # built once per campaign in the batch
     specs = []
     for row in rows:
@@ -64,6 +69,7 @@ def job_specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSp
         messages = [ChatMessage(role="user", content=part.prompt)]
         if part.system:
             messages.insert(0, ChatMessage(role="system", content=part.system))
+        policy, group = rollouts.get(row.id, (None, None))
         specs.append(
             JobSpec(
                 job_id=row.id,
@@ -75,9 +81,20 @@ def job_specs(session: Session, rows: Sequence[repository.JobRow]) -> list[JobSp
                 sample_index=row.sample_index,
                 samples_per_problem=part.samples_per_problem,
                 budget=BudgetForcing.model_validate(part.budget) if part.budget else None,
+                policy=policy,
+                group=group,
             )
         )
     return specs
+
+
+def _rollout_refs(
+    session: Session, rows: Sequence[repository.JobRow], parts: dict[uuid.UUID, repository.JobRow]
+) -> dict[uuid.UUID, tuple[PolicyRef, RolloutGroupRef]]:
+    """Policy version and group of the GRPO rollout jobs among these; only jobs whose model is a
+    pipeline artifact can be rollouts, so other batches cost no query."""
+    ids = [row.id for row in rows if parts[row.id].model_name.startswith(ARTIFACT_MODEL_PREFIX)]
+    return rl.rollout_refs(session, ids) if ids else {}
 
 
 def heartbeat(

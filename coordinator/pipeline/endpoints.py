@@ -20,7 +20,7 @@ from coordinator.pipeline.schemas import (
     PipelineJobOut,
     PolicyVersionOut,
 )
-from shared.protocol import Scope
+from shared.protocol import MAX_NAME, PolicyList, Routes, Scope
 
 router = APIRouter(tags=["pipeline"])
 JOBS = "/pipeline/jobs"
@@ -72,6 +72,17 @@ def resume(job_id: uuid.UUID, rt: RuntimeDep, _: OperatorDep) -> PipelineJobOut:
 def policy_versions(job_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> list[PolicyVersionOut]:
     service.get_job(session, job_id)
     return [rl.version_out(session, v) for v in rl.versions(session, job_id)]
+
+
+@router.get(Routes.policies, response_model=PolicyList)
+def live_policies(
+    session: SessionDep,
+    _: PrincipalDep,
+    base_model: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
+) -> PolicyList:
+    """Policy versions with rollout jobs waiting, newest first: what a worker that serves RL may
+    download before it asks for their jobs by name."""
+    return rl.live_policies(session, base_model)
 
 
 def _readable(session: SessionDep, who: PrincipalDep, sha256: str) -> ArtifactOut:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
-from coordinator.jobs.models import Job
+from coordinator.jobs.models import LEASED, QUEUED, Job
 from coordinator.pipeline.models import (
     GROUP_OPEN,
     RUNNING,
@@ -243,8 +243,18 @@ def set_group_rewards(session: Session, group_id: uuid.UUID, mean: float, std: f
     )
 
 
+def _trainable() -> ColumnElement[bool]:
+    """Rollouts the trainer may learn from: not withdrawn after a failed validation of their worker
+    (a quarantined worker's traces stay withdrawn until each passes a re-check), and produced by an
+    engine that applied the seeded sampler (an unverifiable trace's tokens and logprobs are a claim
+    nobody can check)."""
+    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True))
+
+
 def rollouts(session: Session, group_ids: Sequence[uuid.UUID]) -> Sequence[Any]:
-    """Every verified rollout of these groups, with what the trainer and the rewards need."""
+    """Every verified, trainable rollout of these groups, with what the trainer and the rewards need.
+    A group still counts as complete by its verdicts (`verified_per_group`); what is left out here
+    is neither a reward nor a training example."""
     g = RolloutGroup
     query = (
         select(
@@ -262,7 +272,51 @@ def rollouts(session: Session, group_ids: Sequence[uuid.UUID]) -> Sequence[Any]:
         .join(Job, and_(Job.campaign_id == g.campaign_id, Job.problem_id == g.problem_id))
         .join(Trace, Trace.job_id == Job.id)
         .join(Problem, Problem.id == g.problem_id)
-        .where(g.id.in_(group_ids), Trace.status.in_(VERIFIED))
+        .where(g.id.in_(group_ids), Trace.status.in_(VERIFIED), _trainable())
         .order_by(g.id, Job.sample_index)
     )
+    return session.execute(query).all()
+
+
+def rollout_refs(session: Session, job_ids: Sequence[uuid.UUID]) -> Sequence[Any]:
+    """The group and policy version of each rollout job among these (other jobs are left out)."""
+    g, pv = RolloutGroup, PolicyVersion
+    query = (
+        select(
+            Job.id.label("job_id"),
+            g.id.label("group_id"),
+            g.group_size,
+            pv.version,
+            pv.sha256,
+            pv.base_model,
+            Artifact.size_bytes,
+        )
+        .select_from(Job)
+        .join(g, and_(g.campaign_id == Job.campaign_id, g.problem_id == Job.problem_id))
+        .join(pv, and_(pv.run_id == g.run_id, pv.version == g.policy_version))
+        .join(Artifact, Artifact.sha256 == pv.sha256)
+        .where(Job.id.in_(job_ids))
+    )
+    return session.execute(query).all()
+
+
+def live_policies(session: Session, base_model: str | None, limit: int) -> Sequence[Any]:
+    """Policy versions that have open groups with jobs to lease in running campaigns, newest first."""
+    g, pv, c = RolloutGroup, PolicyVersion, Campaign
+    waiting = exists().where(
+        Job.campaign_id == g.campaign_id, Job.problem_id == g.problem_id, Job.status.in_((QUEUED, LEASED))
+    )
+    query = (
+        select(pv.version, pv.sha256, pv.base_model, Artifact.size_bytes, pv.created_at)
+        .distinct()
+        .select_from(g)
+        .join(c, c.id == g.campaign_id)
+        .join(pv, and_(pv.run_id == g.run_id, pv.version == g.policy_version))
+        .join(Artifact, Artifact.sha256 == pv.sha256)
+        .where(g.status == GROUP_OPEN, c.status == "running", waiting)
+        .order_by(pv.created_at.desc())
+        .limit(limit)
+    )
+    if base_model is not None:
+        query = query.where(pv.base_model == base_model)
     return session.execute(query).all()

@@ -40,7 +40,9 @@ from coordinator.pipeline.models import (
 )
 from coordinator.pipeline.ops.grpo import group_advantages
 from coordinator.pipeline.schemas import GrpoSpec, PolicyVersionOut, artifact_model_name
-from shared.protocol import API_PREFIX
+from shared.protocol import PolicyList, PolicyRef, RolloutGroupRef
+
+LIVE_POLICIES = 64  # versions listed to workers at most: more would never all be served at once
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Plan:
     verified_open: int = 0  # rollouts verified within still-open groups
     top_up: int = 0  # problems to roll out now under the newest version
     exhausted: bool = False  # every problem was tried under this version and none has a signal
+    excluded: int = 0  # rollouts of the trained-on groups left out: withdrawn or unverifiable
 
 
 # --------------------------------------------------------------------------- policy versions
@@ -124,8 +127,40 @@ def version_out(session: Session, version: PolicyVersion) -> PolicyVersionOut:
         size_bytes=artifact.size_bytes,
         metrics=version.metrics,
         created_at=version.created_at,
-        url=f"{API_PREFIX}{service.ARTIFACTS_ROUTE}/{version.sha256}",
+        url=service.artifact_url(version.sha256),
     )
+
+
+def _policy_ref(version: int, sha256: str, base_model: str, size_bytes: int) -> PolicyRef:
+    return PolicyRef(
+        version=version,
+        sha256=sha256,
+        base_model=base_model,
+        size_bytes=size_bytes,
+        url=service.artifact_url(sha256),
+    )
+
+
+def rollout_refs(
+    session: Session, job_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[PolicyRef, RolloutGroupRef]]:
+    """job id -> (policy version, group) for the GRPO rollout jobs among these, for their specs."""
+    policies: dict[tuple[str, int], PolicyRef] = {}  # one ref per version in the batch
+    out = {}
+    for row in repository.rollout_refs(session, job_ids):
+        key = (row.sha256, row.version)
+        if key not in policies:
+            policies[key] = _policy_ref(row.version, row.sha256, row.base_model, row.size_bytes)
+        out[row.job_id] = (policies[key], RolloutGroupRef(group_id=row.group_id, size=row.group_size))
+    return out
+
+
+def live_policies(session: Session, base_model: str | None) -> PolicyList:
+    """Versions with rollout jobs waiting, newest first, each once (two runs may share weights)."""
+    refs: dict[str, PolicyRef] = {}
+    for row in repository.live_policies(session, base_model, LIVE_POLICIES):
+        refs.setdefault(row.sha256, _policy_ref(row.version, row.sha256, row.base_model, row.size_bytes))
+    return PolicyList(policies=list(refs.values()))
 
 
 # --------------------------------------------------------------------------- rollout campaigns
@@ -251,6 +286,7 @@ def collect(session: Session, run: PipelineJob, spec: GrpoSpec, current: int) ->
         for group, rollouts in usable[: spec.groups_per_step]:
             plan.used_groups.append(group.id)
             plan.train.extend(rollouts)
+            plan.excluded += group.group_size - len(rollouts)
     return plan
 
 
@@ -281,9 +317,13 @@ def _scored(
     out = []
     skipped = []
     for group in groups:
+        # Withdrawn and unverifiable rollouts are not here: the rest of the group is its baseline.
         rollouts = by_group.get(group.id, [])[: group.group_size]
         rewards = [r.reward for r in rollouts]
-        repository.set_group_rewards(session, group.id, statistics.fmean(rewards), statistics.pstdev(rewards))
+        if rewards:
+            repository.set_group_rewards(
+                session, group.id, statistics.fmean(rewards), statistics.pstdev(rewards)
+            )
         advantages = group_advantages(rewards)
         if advantages is None:
             skipped.append(group.id)

@@ -13,10 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.protocol import BudgetForcing, SamplingParams
+from shared.protocol import ARTIFACT_MODEL_PREFIX, BudgetForcing, SamplingParams
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-ARTIFACT_MODEL_PREFIX = "flywheel-artifact/"
 
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=128)]
@@ -193,7 +192,10 @@ class GrpoSpec(Schema):
     clip_eps: float = Field(default=0.2, gt=0, lt=1)
     ratio_cap: float = Field(default=4.0, gt=1, description="dual clip: bounds any one ratio's weight")
     kl_coef: float = Field(default=0.0, ge=0, description="weight of the KL to the initial policy")
-    epochs_per_step: int = Field(default=1, ge=1, le=64)
+    epochs_per_step: int = Field(default=1, ge=1, le=64, description="passes over a version's batch")
+    updates_per_version: int = Field(
+        default=1, ge=1, le=64, description="optimizer steps per pass, one per minibatch of the batch"
+    )
     micro_batch: int = Field(default=16, ge=1, le=4096)
     max_staleness: int = Field(default=1, ge=0, le=1000, description="versions a rollout may lag")
     max_logprob_gap: float = Field(

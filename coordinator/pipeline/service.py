@@ -49,12 +49,12 @@ from coordinator.pipeline.schemas import (
 )
 from coordinator.problems import service as problems
 from shared.assets import resolve_model
-from shared.protocol import API_PREFIX, CampaignCreate, ModelRef, StrategyReport
+from shared.protocol import API_PREFIX, CampaignCreate, ModelRef, Routes, StrategyReport
 
 STALL_AFTER_S = 120.0  # a runner heartbeats every KEEPALIVE_S; this many seconds of silence = gone
 KEEPALIVE_S = 20.0
 WEIGHT_KINDS = ("checkpoint", "policy")
-ARTIFACTS_ROUTE = "/pipeline/artifacts"
+ARTIFACTS_ROUTE = Routes.artifacts
 
 
 def store(settings: Settings) -> ArtifactStore:
@@ -135,8 +135,13 @@ def artifact_out(artifact: Artifact) -> ArtifactOut:
         job_id=artifact.job_id,
         metadata=artifact.meta,
         created_at=artifact.created_at,
-        url=f"{API_PREFIX}{ARTIFACTS_ROUTE}/{artifact.sha256}",
+        url=artifact_url(artifact.sha256),
     )
+
+
+def artifact_url(sha256: str) -> str:
+    """Where an artifact's bytes are, under the coordinator's base URL."""
+    return f"{API_PREFIX}{ARTIFACTS_ROUTE}/{sha256}"
 
 
 def to_out(session: Session, job: PipelineJob) -> PipelineJobOut:

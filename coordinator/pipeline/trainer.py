@@ -152,6 +152,7 @@ def _train(
         groups_used=len(plan.used_groups),
         groups_skipped=plan.skipped,
         groups_stale=plan.stale,
+        rollouts_excluded=plan.excluded,
         staleness_mean=statistics.fmean(staleness),
         staleness_max=max(staleness),
         train_seconds=round(time.monotonic() - started, 3),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from shared.assets import TINY_MODEL_NAME
@@ -135,3 +137,25 @@ def download(api: Api, sha256: str, headers: dict[str, str] | None = None) -> by
     r = api.client.get(f"/v1/pipeline/artifacts/{sha256}", headers=headers or api.operator)
     assert r.status_code == 200, r.text
     return r.content
+
+
+@contextlib.contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """`app` over real HTTP on a free local port, for clients that are not a TestClient (a worker
+    daemon). Its lifespan is left to the TestClient that already runs the app."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-coordinator", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

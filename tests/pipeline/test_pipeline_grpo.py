@@ -4,23 +4,30 @@ workers' logprobs, zero-advantage groups skipped, stale groups dropped, policy v
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from coordinator.db import transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.ops import grpo, modeling
 from coordinator.pipeline.ops.modeling import ModelSource
 from coordinator.pipeline.schemas import GrpoSpec
+from coordinator.results.models import Trace
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
-from shared.protocol import ChatMessage, JobSpec, ModelRef, SamplingParams
+from shared.protocol import ChatMessage, HardwareInfo, JobSpec, ModelRef, SamplingParams
 from tests.coordinator.conftest import Api
 from tests.pipeline.pipeline_helpers import (
+    campaign,
     create_job,
     download,
     lease_all,
+    live_server,
     problem_set,
     submit,
     trace,
@@ -28,6 +35,8 @@ from tests.pipeline.pipeline_helpers import (
     wait_until,
     worked,
 )
+from worker.loop import Worker
+from worker.rollouts import PolicyEngine
 
 SAMPLING = SamplingParams(temperature=1.0, max_tokens=128)
 
@@ -101,8 +110,8 @@ def test_trainer_logprobs_match_what_the_worker_engine_reports() -> None:
     assert float((trainer - torch.tensor(generated.logprobs, dtype=torch.float64)).abs().max()) < 1e-4
 
 
-def test_a_step_makes_rewarded_completions_likelier_and_drops_forged_logprobs() -> None:
-    policy, reference = Policy(), Policy()
+def _two_groups(policy: Policy) -> list[grpo.Rollout]:
+    """Two problems, each answered right (advantage 1) and wrong (advantage -1), on-policy."""
     rollouts = []
     for question, answer in (("What is 12 + 30?", 42), ("What is 9 * 7?", 63)):
         for right in (True, False):
@@ -111,6 +120,12 @@ def test_a_step_makes_rewarded_completions_likelier_and_drops_forged_logprobs() 
             rollouts.append(
                 grpo.Rollout("g", 0, prompt, tokens, logprobs, float(right), right, 1.0 if right else -1.0)
             )
+    return rollouts
+
+
+def test_a_step_makes_rewarded_completions_likelier_and_drops_forged_logprobs() -> None:
+    policy, reference = Policy(), Policy()
+    rollouts = _two_groups(policy)
     forged = grpo.Rollout(
         "g",
         0,
@@ -134,20 +149,43 @@ def test_a_step_makes_rewarded_completions_likelier_and_drops_forged_logprobs() 
         assert after[rewarded] - after[unrewarded] > before[rewarded] - before[unrewarded]
 
 
+def test_minibatches_split_a_batch_evenly_and_in_order() -> None:
+    rollouts = [_rollout([1], [2], [0.0], float(i)) for i in range(7)]
+    parts = grpo.minibatches(rollouts, 3)
+    assert [len(p) for p in parts] == [3, 2, 2] and [r for p in parts for r in p] == rollouts
+    assert [len(p) for p in grpo.minibatches(rollouts[:2], 5)] == [1, 1]
+
+
+@pytest.mark.parametrize(("updates", "epochs"), [(1, 1), (2, 1), (4, 2)])
+def test_each_minibatch_of_a_version_is_one_optimizer_step(updates: int, epochs: int) -> None:
+    import torch
+
+    policy, reference = Policy(), Policy()
+    rollouts = _two_groups(policy)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=3e-4)
+    spec = _spec(updates_per_version=updates, epochs_per_step=epochs)
+    metrics = grpo.step(policy.model, reference.model, optimizer, rollouts, spec, 0, version=0)
+    assert metrics["optimizer_steps"] == updates * epochs and metrics["rollouts_trained"] == 4
+    assert {int(state["step"]) for state in optimizer.state.values()} == {updates * epochs}
+    assert metrics["tokens"] == sum(len(r.completion_ids) for r in rollouts)
+
+
 def _texts(policy: Policy, rollout: grpo.Rollout) -> tuple[str, str]:
     prompt = policy.tokenizer.decode(rollout.prompt_ids)
     question = prompt.split("user\n", 1)[1].split("<|im_end|>", 1)[0]
     return question, policy.tokenizer.decode(rollout.completion_ids[:-1])
 
 
+def _honest(policy: Policy, job: dict[str, Any], ok: bool) -> dict[str, Any]:
+    """The trace of a worker that sampled the tiny model's own worked answer (right or not)."""
+    _, tokens, logprobs = policy.rollout(job["spec"]["messages"][-1]["content"], worked(job, correct=ok))
+    return trace(job, worked(job, correct=ok), tokens, logprobs)
+
+
 def _submit_group(
     api: Api, volunteer: dict[str, str], policy: Policy, jobs: list[dict[str, Any]], right: list[bool]
 ) -> None:
-    traces = []
-    for j, ok in zip(jobs, right, strict=True):
-        _, tokens, logprobs = policy.rollout(j["spec"]["messages"][-1]["content"], worked(j, correct=ok))
-        traces.append(trace(j, worked(j, correct=ok), tokens, logprobs))
-    submit(api, volunteer, traces)
+    submit(api, volunteer, [_honest(policy, j, ok) for j, ok in zip(jobs, right, strict=True)])
 
 
 def _groups(jobs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -177,10 +215,19 @@ def test_grpo_run_publishes_versions_from_volunteer_rollouts(api: Api) -> None:
     v0 = versions[0]
     volunteer = api.volunteer()
     assert hashlib.sha256(download(api, v0["sha256"], volunteer)).hexdigest() == v0["sha256"]
+    query = {"base_model": TINY_MODEL_NAME}
+    listed = api.client.get("/v1/pipeline/policies", params=query, headers=volunteer)
+    ref = {k: v0[k] for k in ("version", "sha256", "base_model", "size_bytes", "url")}
+    assert listed.json() == {"policies": [ref]}
     jobs = lease_all(api, volunteer, [v0["model"]])
     assert len(jobs) == 4 and {j["spec"]["samples_per_problem"] for j in jobs} == {2}
+    assert all(j["spec"]["policy"] == ref for j in jobs)
     policy = Policy()
     first, second = _groups(jobs)
+    # One group per problem, named in every job of it, with the group's size.
+    assert {j["spec"]["group"]["size"] for j in jobs} == {2}
+    assert [len({j["spec"]["group"]["group_id"] for j in group}) for group in (first, second)] == [1, 1]
+    assert first[0]["spec"]["group"] != second[0]["spec"]["group"]
     _submit_group(api, volunteer, policy, first, [True, False])
     _submit_group(api, volunteer, policy, second, [True, True])  # zero advantage: skipped
     # One usable group of the two wanted and none in flight: the run rolls out one more problem.
@@ -202,6 +249,14 @@ def test_grpo_run_publishes_versions_from_volunteer_rollouts(api: Api) -> None:
         for c in done["campaign_ids"]
     }
     assert statuses <= {"paused", "done"}
+    assert api.client.get("/v1/pipeline/policies", headers=volunteer).json() == {"policies": []}
+
+
+def test_jobs_of_other_campaigns_carry_no_rollout_fields(api: Api) -> None:
+    """An older worker refuses unknown keys: a job that is no rollout must not even name them."""
+    campaign(api, problem_set(api, 1), samples=1)
+    [leased] = lease_all(api, api.volunteer())
+    assert "policy" not in leased["spec"] and "group" not in leased["spec"]
 
 
 def test_rollouts_beyond_the_staleness_bound_are_dropped(api: Api) -> None:
@@ -272,3 +327,88 @@ def test_a_set_without_any_learning_signal_fails_the_run_with_the_reason(api: Ap
     _submit_group(api, volunteer, Policy(), lease_all(api, volunteer, [model]), [False, False])
     failed = wait_until(api, created["id"], lambda body: body["status"] == "failed")
     assert "same reward" in failed["error"] and failed["metrics"]["groups"] == {"skipped": 1}
+
+
+def _first_model(api: Api, run_id: str) -> str:
+    versions = api.client.get(f"/v1/pipeline/jobs/{run_id}/policy", headers=api.operator).json()
+    model: str = versions[0]["model"]
+    return model
+
+
+def _verified(api: Api, campaign_id: str) -> int:
+    progress = api.client.get(f"/v1/campaigns/{campaign_id}", headers=api.operator).json()["progress"]
+    return int(progress["accepted"]) + int(progress["rejected"])
+
+
+def test_withdrawn_and_unverifiable_rollouts_never_reach_the_trainer(api: Api) -> None:
+    created = create_job(api, {**_grpo_spec(api, problems=1, groups_per_step=1), "group_size": 4})
+    waiting = wait_for(api, created["id"], {"waiting"})
+    volunteer, policy = api.volunteer(), Policy()
+    [group] = _groups(lease_all(api, volunteer, [_first_model(api, created["id"])]))
+    withdrawn, unverifiable, wrong, right = group
+    first = [_honest(policy, withdrawn, True), _honest(policy, wrong, False)]
+    submit(api, volunteer, [*first, {**_honest(policy, unverifiable, True), "verifiable": False}])
+    [campaign_id] = waiting["campaign_ids"]
+    deadline = time.monotonic() + 60
+    while _verified(api, campaign_id) < 3:  # the group is not complete yet: the run waits
+        assert time.monotonic() < deadline, "the first three rollouts were never verified"
+        time.sleep(0.05)
+    with transaction(api.runtime.sessions) as session:  # what a failed validation of its worker does
+        session.execute(
+            update(Trace).where(Trace.job_id == uuid.UUID(withdrawn["spec"]["job_id"])).values(withdrawn=True)
+        )
+    submit(api, volunteer, [_honest(policy, right, True)])  # completes the group
+    latest = wait_for(api, created["id"], {"done"})["metrics"]["latest"]
+    # Rewarded alone, the other two would be [1, 0, 1, 1]; the trainer saw only the wrong and the last.
+    assert latest["rollouts_trained"] == 2 and latest["rollouts_excluded"] == 2
+    assert latest["reward"] == pytest.approx(0.5) and latest["groups_used"] == 1
+
+
+def _daemon(url: str, volunteer: dict[str, str], folder: Path) -> tuple[Worker, PolicyEngine]:
+    """A worker daemon that serves the tiny model and the policy versions built on it (CPU)."""
+    from worker.client import CoordinatorClient
+    from worker.config import RetryPolicy, WorkerConfig
+    from worker.progress import NoProgress
+    from worker.rollouts import start_serving
+    from worker.spool import Spool
+
+    token = volunteer["Authorization"].removeprefix("Bearer ")
+    config = WorkerConfig.model_validate(
+        {"coordinator": url, "token": token, "model": TINY_MODEL_NAME, "device": "cpu", "dtype": "float32",
+         "state_dir": folder, "serve_policies": True, "batch_size": 8, "poll_interval_s": 0.2,
+         "policy_poll_s": 0.2, "progress": "none"}
+    )  # fmt: skip
+    stop = threading.Event()
+    retry = RetryPolicy(attempts=4, base_delay_s=0.05, max_delay_s=0.5)
+    client = CoordinatorClient(url, token, retry=retry, stop=stop)
+    engine, policies = start_serving(config, client, stop)
+    assert isinstance(engine, PolicyEngine)
+    parts = (Spool(config.spool_dir), NoProgress(), HardwareInfo(cpu_count=1), stop)
+    return Worker(config, client, engine, *parts, policies=policies), engine
+
+
+def test_a_worker_daemon_serves_the_rollouts_of_each_policy_version(api: Api, tmp_path: Path) -> None:
+    spec = {**_grpo_spec(api, problems=8, groups_per_step=2), "steps": 2, "group_size": 4, "max_staleness": 0,
+            "lr": 3e-4, "sampling": {"temperature": 1.0, "max_tokens": 64}}  # fmt: skip
+    created = create_job(api, spec)
+    wait_for(api, created["id"], {"waiting"})
+    with live_server(api.client.app) as url:
+        worker, engine = _daemon(url, api.volunteer(), tmp_path / "worker")
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            done = wait_for(api, created["id"], {"done"}, timeout=240)
+        finally:
+            worker.stop.set()
+            thread.join(timeout=60)
+    versions = api.client.get(f"/v1/pipeline/jobs/{created['id']}/policy", headers=api.operator).json()
+    history = done["metrics"]["history"]
+    assert [v["version"] for v in versions] == [0, 1, 2] and len(history) == 2
+    for entry in history:
+        # Only on-policy rollouts count (max_staleness 0), and their logprobs are the trainer's own:
+        # each version was rolled out with its own downloaded weights.
+        assert entry["rollouts_trained"] >= 4 and entry["dropped_logprob"] == 0
+        assert entry["logprob_gap"] < 1e-4
+    cached = {p.name for p in (tmp_path / "worker" / "policies").iterdir()}
+    assert {versions[0]["sha256"], versions[1]["sha256"]} <= cached
+    assert engine.running == versions[1]["model"] and worker.stats.accepted >= 16

@@ -102,3 +102,22 @@ def test_gpus_select_the_visible_devices(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     select_gpus(load_config({**BASE, "gpus": " 2, 0 "}, environ={}))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,0"
+
+
+def test_serving_policy_versions_is_opt_in_with_its_own_cache(tmp_path: Path) -> None:
+    from worker.cli import build_parser
+
+    config = load_config({**BASE, "state_dir": tmp_path}, environ={})
+    assert config.serve_policies is False and config.policy_cache_dir == tmp_path / "policies"
+    argv = ["run", "--serve-policies", "--policy-cache", str(tmp_path / "w")]
+    flags = vars(build_parser().parse_args(argv))
+    flags.pop("command")
+    config = load_config({**flags, **BASE}, environ={"FLYWHEEL_WORKER_POLICY_CACHE_GB": "2.5"})
+    assert config.serve_policies and config.policy_cache_dir == tmp_path / "w"
+    assert config.policy_cache_bytes == int(2.5 * 2**30)
+    off = vars(build_parser().parse_args(["run", "--no-serve-policies"]))
+    off.pop("command")
+    assert not load_config({**off, **BASE}, environ={"FLYWHEEL_WORKER_SERVE_POLICIES": "1"}).serve_policies
+    with pytest.raises(ConfigError, match="serve-policies"):
+        openai = {"engine": "openai", "openai_base_url": "http://x"}
+        load_config({**BASE, **openai, "serve_policies": True}, environ={})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from worker.config import WorkerConfig
-from worker.engines.base import Engine, Generation, ShouldStop
+from worker.engines.base import Engine, Generation, ShouldStop, SwapsWeights
 
 OPENAI_DEFAULT_CONCURRENCY = 16
 
@@ -16,20 +16,24 @@ def select_gpus(config: WorkerConfig) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus
 
 
-def load_engine(config: WorkerConfig) -> Engine:
-    """Load the engine named by `config.engine` with `config.model`; raises EngineError."""
+def load_engine(config: WorkerConfig, name: str | None = None, path: str | None = None) -> Engine:
+    """Load the engine named by `config.engine` with the model `name` (default `config.model`),
+    from the directory `path` when given (a policy version the policy cache prepared); raises
+    EngineError."""
     select_gpus(config)
+    name = name or config.model
     if config.engine == "transformers":
         from worker.engines.hf import TransformersEngine
 
+        fraction = config.gpu_memory_fraction
         return TransformersEngine.load(
-            config.model, device=config.device, dtype=config.dtype, memory_fraction=config.gpu_memory_fraction
+            name, path=path, device=config.device, dtype=config.dtype, memory_fraction=fraction
         )
     if config.engine == "vllm":
         from worker.engines.vllm import VllmEngine
 
         fraction = config.gpu_memory_fraction or config.vllm_gpu_memory_utilization
-        return VllmEngine.load(config.model, dtype=config.dtype, gpu_memory_utilization=fraction)
+        return VllmEngine.load(name, path=path, dtype=config.dtype, gpu_memory_utilization=fraction)
     from worker.engines.openai import OpenAIEngine
 
     assert config.openai_base_url is not None  # enforced by WorkerConfig
@@ -45,4 +49,4 @@ def load_engine(config: WorkerConfig) -> Engine:
     )
 
 
-__all__ = ["Engine", "Generation", "ShouldStop", "load_engine", "select_gpus"]
+__all__ = ["Engine", "Generation", "ShouldStop", "SwapsWeights", "load_engine", "select_gpus"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.protocol import EngineInfo, FinishReason, JobSpec
@@ -53,6 +54,16 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SwapsWeights(Protocol):
+    """An engine that can put another version's weights into the model it has loaded (same
+    architecture, one safetensors file of full weights): much cheaper than loading again."""
+
+    def swap_weights(self, name: str, weights: Path) -> None:
+        """Run `name` from now on, with the weights in `weights`; raises EngineError."""
+        ...
 
 
 def package_version(name: str) -> str:

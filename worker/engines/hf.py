@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.assets import resolve_model
@@ -172,14 +173,22 @@ class TransformersEngine:
 
     @classmethod
     def load(
-        cls, name: str, *, device: str = "auto", dtype: str = "auto", memory_fraction: float | None = None
+        cls,
+        name: str,
+        *,
+        path: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        memory_fraction: float | None = None,
     ) -> TransformersEngine:
+        """The model `name`, from `path` when given (a prepared directory), else from where the
+        name resolves to."""
         try:
             from transformers import AutoTokenizer
         except ImportError as exc:
             raise EngineError("the transformers engine needs `pip install openflywheel[worker]`") from exc
         chosen = pick_device(device)
-        path = resolve_model(name)
+        path = path or resolve_model(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = _load_model(path, pick_dtype(dtype, chosen), chosen, memory_fraction)
@@ -210,6 +219,27 @@ class TransformersEngine:
 
     def unsupported(self, job: JobSpec) -> str | None:
         return None
+
+    def swap_weights(self, name: str, weights: Path) -> None:
+        """Copy another version's full weights into the loaded model, in its dtype and on its
+        devices; the tokenizer and config stay, so the file must be for this architecture."""
+        from safetensors.torch import load_model
+
+        self.model_name = ""  # until the swap succeeds: nothing may run on half-replaced weights
+        try:
+            missing, unexpected = load_model(self.model, str(weights), strict=False)
+        except (OSError, RuntimeError) as exc:
+            raise EngineError(f"cannot load the weights of {name!r} from {weights}: {exc}") from exc
+        # A tied output layer is stored once, as the embedding; anything else missing is a misfit.
+        tied = getattr(self.model.config, "tie_word_embeddings", False)
+        tolerated = {k for k in missing if k.endswith("lm_head.weight")} if tied else set()
+        if set(missing) - tolerated or unexpected:
+            raise EngineError(
+                f"the weights of {name!r} do not fit the loaded model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        self.model_name = name
+        log.info("now running %s (weights swapped in place)", name)
 
     # ------------------------------------------------------------------ batch sizing
 

@@ -202,7 +202,11 @@ class VllmEngine:
         self.info = EngineInfo(name="vllm", version=package_version("vllm"), dtype=dtype[:32], device="cuda")
 
     @classmethod
-    def load(cls, name: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85) -> VllmEngine:
+    def load(
+        cls, name: str, *, path: str | None = None, dtype: str = "auto", gpu_memory_utilization: float = 0.85
+    ) -> VllmEngine:
+        """The model `name`, from `path` when given (a prepared directory), else from where the
+        name resolves to."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         try:
@@ -210,7 +214,7 @@ class VllmEngine:
         except ImportError as exc:
             raise EngineError("the vllm engine needs `pip install openflywheel[vllm]`") from exc
         llm = LLM(
-            model=resolve_model(name),
+            model=path or resolve_model(name),
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             logits_processors=[processor_class()],
@@ -219,7 +223,21 @@ class VllmEngine:
         return cls(llm, name)
 
     def close(self) -> None:
-        self.llm = None
+        """Free the GPU: switching to another policy version loads a new `LLM` in this process."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        shutdown = getattr(llm.llm_engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def max_batch(self, jobs: Sequence[JobSpec]) -> int:
         return MAX_BATCH  # vLLM pages its KV cache within --gpu-memory-fraction and queues the rest

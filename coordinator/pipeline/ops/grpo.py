@@ -100,10 +100,18 @@ def _chunks(rollouts: Sequence[Rollout], size: int) -> list[Sequence[Rollout]]:
     return [rollouts[i : i + size] for i in range(0, len(rollouts), size)]
 
 
+def minibatches(rollouts: Sequence[Rollout], count: int) -> list[Sequence[Rollout]]:
+    """`count` contiguous parts of nearly equal size (fewer when there are fewer rollouts), so a
+    group's rollouts mostly share a minibatch and every rollout is in exactly one."""
+    count = max(1, min(count, len(rollouts)))
+    size, extra = divmod(len(rollouts), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [rollouts[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 @dataclass
 class _Scored:
     rollouts: list[Rollout]
-    reference: list[Any]  # per micro-batch: reference logprobs (float64, on the device)
     kl: float
     gap: float
     dropped: int
@@ -142,24 +150,19 @@ def _prescore(
                     continue
                 gaps.append(gap)
                 kept.append(rollout)
-    reference_logprobs = _reference_per_chunk(reference, kept, spec, pad_id)
-    return _Scored(
-        kept, reference_logprobs, kl_sum / max(1, kl_n), statistics.fmean(gaps) if gaps else 0.0, dropped
-    )
+    return _Scored(kept, kl_sum / max(1, kl_n), statistics.fmean(gaps) if gaps else 0.0, dropped)
 
 
 def _reference_per_chunk(
-    reference: Any, rollouts: Sequence[Rollout], spec: GrpoSpec, pad_id: int
+    reference: Any, chunks: Sequence[Sequence[Rollout]], spec: GrpoSpec, pad_id: int
 ) -> list[Any]:
+    """Reference logprobs (float64, on the device) per micro-batch; None each without a KL term."""
     import torch
 
     if spec.kl_coef == 0.0:
-        return [None for _ in _chunks(rollouts, spec.micro_batch)]
+        return [None for _ in chunks]
     with torch.inference_mode():
-        return [
-            token_logprobs(reference, _collate(c, pad_id), spec.sampling)
-            for c in _chunks(rollouts, spec.micro_batch)
-        ]
+        return [token_logprobs(reference, _collate(c, pad_id), spec.sampling) for c in chunks]
 
 
 def _objective(new: Any, batch: _Batch, ref: Any, spec: GrpoSpec) -> tuple[Any, Any]:
@@ -179,6 +182,42 @@ def _objective(new: Any, batch: _Batch, ref: Any, spec: GrpoSpec) -> tuple[Any, 
     return objective, (ratio - clipped).abs() > 0
 
 
+@dataclass
+class _Minibatch:
+    chunks: list[Sequence[Rollout]]  # its micro-batches
+    reference: list[Any]  # reference logprobs per micro-batch (None without a KL term)
+    tokens: int
+
+
+def _plan(reference: Any, rollouts: Sequence[Rollout], spec: GrpoSpec, pad_id: int) -> list[_Minibatch]:
+    plan = []
+    for part in minibatches(rollouts, spec.updates_per_version):
+        chunks = _chunks(part, spec.micro_batch)
+        tokens = sum(len(r.completion_ids) for r in part)
+        plan.append(_Minibatch(chunks, _reference_per_chunk(reference, chunks, spec, pad_id), tokens))
+    return plan
+
+
+def _update(
+    policy: Any, optimizer: Any, minibatch: _Minibatch, spec: GrpoSpec, pad_id: int
+) -> tuple[float, int, float]:
+    """One optimizer step on one minibatch: (loss, clipped tokens, gradient norm before clipping)."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    total, clipped = 0.0, 0
+    for chunk, ref in zip(minibatch.chunks, minibatch.reference, strict=True):
+        batch = _collate(chunk, pad_id)
+        objective, was_clipped = _objective(token_logprobs(policy, batch, spec.sampling), batch, ref, spec)
+        loss = -objective.sum() / minibatch.tokens  # token mean over the whole minibatch
+        loss.backward()
+        total += float(loss.detach())
+        clipped += int(was_clipped.sum())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0))
+    optimizer.step()
+    return total, clipped, grad_norm
+
+
 def step(
     policy: Any,
     reference: Any,
@@ -188,9 +227,8 @@ def step(
     pad_id: int,
     version: int,
 ) -> dict[str, Any]:
-    """One policy update (`epochs_per_step` optimizer steps) over rollouts with their advantages."""
-    import torch
-
+    """One policy update over rollouts with their advantages: `epochs_per_step` passes, each one
+    optimizer step per minibatch (`updates_per_version` of them)."""
     scored = _prescore(policy, reference, rollouts, spec, pad_id, version)
     metrics: dict[str, Any] = {
         "kl": scored.kl,
@@ -200,24 +238,18 @@ def step(
     }
     if not scored.rollouts:
         return metrics
-    chunks = _chunks(scored.rollouts, spec.micro_batch)
-    tokens = sum(len(r.completion_ids) for r in scored.rollouts)
+    plan = _plan(reference, scored.rollouts, spec, pad_id)
+    tokens = sum(m.tokens for m in plan)
     policy.train()
     for _ in range(spec.epochs_per_step):
-        optimizer.zero_grad(set_to_none=True)
-        total, clipped = 0.0, 0
-        for chunk, ref in zip(chunks, scored.reference, strict=True):
-            batch = _collate(chunk, pad_id)
-            objective, was_clipped = _objective(
-                token_logprobs(policy, batch, spec.sampling), batch, ref, spec
-            )
-            loss = -objective.sum() / tokens  # token mean over the whole batch
-            loss.backward()
-            total += float(loss.detach())
-            clipped += int(was_clipped.sum())
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0))
-        optimizer.step()
-        metrics["loss"], metrics["clip_fraction"] = total, clipped / max(1, tokens)
+        weighted, clipped = 0.0, 0
+        for minibatch in plan:
+            loss, clipped_here, metrics["grad_norm"] = _update(policy, optimizer, minibatch, spec, pad_id)
+            weighted += loss * minibatch.tokens
+            clipped += clipped_here
+        # Of the last pass: the token-mean loss and the share of clipped tokens over the whole batch.
+        metrics["loss"], metrics["clip_fraction"] = weighted / max(1, tokens), clipped / max(1, tokens)
     policy.eval()
     metrics["tokens"] = tokens
+    metrics["optimizer_steps"] = spec.epochs_per_step * len(plan)
     return metrics
