@@ -14,10 +14,10 @@ same engine in this process, and prints both rates and their ratio.
   spooling, submitting and every gap between batches.
 - bare engine tokens/s: completion tokens / time inside `engine.generate`, in two passes over
   the same jobs: the first from a fresh engine, as cold as the daemon's start (`ratio_cold`:
-  like for like), the second with every shape already seen (`ratio_warm`). A fresh process
-  runs its first batch markedly slower (each new KV-cache length is a new shape), so over a
-  short campaign `ratio_warm` also counts that start-up cost, which a long-running daemon
-  pays once.
+  like for like), the second with every shape already seen (`ratio_warm`).
+
+The coordinator runs beside the daemon with spot-check validation off: its validator would load
+the model onto the GPU under test, where a real coordinator's runs on its own machine.
 
     python -m bench.worker_gpu                                   # on a GPU
     python -m bench.worker_gpu --size small --device cpu --problems 3 --samples 2 --max-tokens 12
@@ -164,6 +164,9 @@ def environment(cfg: Config) -> dict[str, str]:
         FLYWHEEL_MAX_IN_FLIGHT_PER_WORKER=str(cfg.max_leases),
         FLYWHEEL_LEASE_TTL_S="900",
         TOKENIZERS_PARALLELISM="false",
+        # The coordinator's spot-check validator would load the model on this same GPU and take
+        # turns with the daemon under test; a real coordinator validates on its own machine.
+        FLYWHEEL_VALIDATION_ENABLED="false",
     )
     return env
 

@@ -137,6 +137,11 @@ def _load_model(path: str, dtype: Any, device: str, fraction: float | None) -> A
     from transformers import AutoModelForCausalLM
 
     model: Any
+    if device.startswith("cuda"):
+        # cuDNN's attention builds a plan for every new (batch, key length) shape: in a decode
+        # loop that is every step of a first batch, which then ran at half speed. Flash and
+        # memory-efficient attention need no such set-up and are as fast here.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     limits = cap_gpu_memory(fraction) if device == "cuda" else None
     if device == "cuda" and torch.cuda.device_count() > 1:
         # Several GPUs chosen: split the layers over them, so a model too big for one still fits.
