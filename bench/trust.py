@@ -91,7 +91,7 @@ def prompts(count: int, seed: int) -> list[str]:
     return [p.prompt for p in generate(count, seed=seed, split="test")]
 
 
-def honest_jobs(count: int, seed: int) -> list[JobSpec]:
+def honest_jobs(count: int, seed: int, model: str = TINY_MODEL_NAME) -> list[JobSpec]:
     rng = random.Random(seed)
     return [
         JobSpec(
@@ -99,7 +99,7 @@ def honest_jobs(count: int, seed: int) -> list[JobSpec]:
             campaign_id=uuid.UUID(int=seed),
             problem_id=f"p{i}",
             messages=[ChatMessage(role="user", content=prompt)],
-            model=ModelRef(name=TINY_MODEL_NAME),
+            model=ModelRef(name=model),
             sampling=SamplingParams(
                 seed=rng.getrandbits(62), max_tokens=MAX_TOKENS[i % 2], **SAMPLINGS[i % len(SAMPLINGS)]
             ),
@@ -114,14 +114,18 @@ def honest_jobs(count: int, seed: int) -> list[JobSpec]:
 
 
 def generate_records(
-    device: str, dtype: str, batch_sizes: Sequence[int], per_batch: Sequence[int]
+    device: str,
+    dtype: str,
+    batch_sizes: Sequence[int],
+    per_batch: Sequence[int],
+    model: str = TINY_MODEL_NAME,
 ) -> list[Record]:
     from worker.engines.hf import TransformersEngine
 
-    engine = TransformersEngine.load(TINY_MODEL_NAME, device=device, dtype=dtype)
+    engine = TransformersEngine.load(model, device=device, dtype=dtype)
     records: list[Record] = []
     for size, count in zip(batch_sizes, per_batch, strict=True):
-        jobs = honest_jobs(count, seed=1000 + size)
+        jobs = honest_jobs(count, seed=1000 + size, model=model)
         for start in range(0, len(jobs), size):
             chunk = jobs[start : start + size]
             began = time.perf_counter()
@@ -171,7 +175,8 @@ def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int
     from coordinator.trust.models_cache import scorer
     from coordinator.trust.validator import Submitted, validate
 
-    validator = scorer(TINY_MODEL_NAME, None, device, dtype)
+    # one model per file set: the one the traces' jobs name (the bundled model unless --model)
+    validator = scorer(records[0].spec["model"]["name"] if records else TINY_MODEL_NAME, None, device, dtype)
     out = []
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
@@ -786,6 +791,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-sizes", default="1,8,32")
     gen.add_argument("--per-batch", default="300", help="traces per batch size (one, or one per size)")
     gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument(
+        "--model", default=TINY_MODEL_NAME, help="a model name or folder (default: the bundled one)"
+    )
     chk = sub.add_parser("check", help="validate trace files on this device; false positives, headroom, cost")
     chk.add_argument("files", type=Path, nargs="+")
     chk.add_argument("--device", default="cpu")
@@ -820,9 +828,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "generate":
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         counts = [int(n) for n in args.per_batch.split(",")]
-        records = generate_records(
-            args.device, args.dtype, sizes, counts * len(sizes) if len(counts) == 1 else counts
-        )
+        per_size = counts * len(sizes) if len(counts) == 1 else counts
+        records = generate_records(args.device, args.dtype, sizes, per_size, args.model)
         save(records, args.out)
         per_trace = statistics.fmean(r.generate_s for r in records) if records else 0.0
         print(f"wrote {len(records)} traces to {args.out}; {per_trace * 1e3:.2f} ms of generation per trace")
