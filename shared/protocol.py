@@ -376,6 +376,7 @@ class CampaignOut(Wire):
     model: ModelRef
     sampling: SamplingParams
     samples_per_problem: int
+    budget: BudgetForcing | None = None
     status: Literal["running", "paused", "done"]
     created_at: datetime
     progress: CampaignProgress

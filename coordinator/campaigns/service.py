@@ -15,7 +15,14 @@ from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.jobs import repository as jobs_repository
 from coordinator.problems import repository as problems_repository
 from coordinator.problems import service as problems
-from shared.protocol import CampaignCreate, CampaignOut, CampaignProgress, ModelRef, SamplingParams
+from shared.protocol import (
+    BudgetForcing,
+    CampaignCreate,
+    CampaignOut,
+    CampaignProgress,
+    ModelRef,
+    SamplingParams,
+)
 
 
 def job_seed(campaign_seed: int, problem_id: uuid.UUID, sample_index: int) -> int:
@@ -100,6 +107,7 @@ def to_out(session: Session, campaign: Campaign) -> CampaignOut:
         model=ModelRef(name=campaign.model_name, revision=campaign.model_revision),
         sampling=SamplingParams.model_validate(campaign.sampling),
         samples_per_problem=campaign.samples_per_problem,
+        budget=BudgetForcing.model_validate(campaign.budget) if campaign.budget else None,
         status="done" if done else campaign.status,
         created_at=campaign.created_at,
         progress=report,

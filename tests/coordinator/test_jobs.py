@@ -144,7 +144,10 @@ def test_budget_forcing_travels_in_the_job_spec(api: Api) -> None:
         "model": {"name": "flywheel/tiny-arith"},
         "budget": budget,
     }
-    assert api.client.post("/v1/campaigns", json=body, headers=api.operator).status_code == 201
+    created = api.client.post("/v1/campaigns", json=body, headers=api.operator)
+    assert created.status_code == 201
+    shown = api.client.get(f"/v1/campaigns/{created.json()['id']}", headers=api.operator).json()
+    assert shown["budget"]["max_thinking_tokens"] == 40 and shown["budget"]["max_waits"] == 2
     job = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=api.volunteer()).json()["jobs"][0]
     assert job["spec"]["budget"]["max_thinking_tokens"] == 40
     assert job["spec"]["budget"]["think_end"] == "\\boxed{"
