@@ -222,6 +222,11 @@ class Cluster:
                 "0.5",
                 "--spool",
                 str(self.work / "spool" / name),
+                # each daemon's own state (pause, daily count): never this machine's other workers'
+                "--name",
+                name,
+                "--state-dir",
+                str(self.work / "state" / name),
             ]
             self.workers.append(self._spawn(args, "workers.log", cwd=self.work / "models"))
 
