@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,11 +31,15 @@ class Settings(BaseSettings):
     registration_open: bool = True
     auto_migrate: bool = Field(default=True, description="apply migrations when the API starts")
     db_pool_size: int = Field(
-        default=20, ge=1, le=1000,
+        default=20,
+        ge=1,
+        le=1000,
         description="database connections per API process; also the size of its thread pool for endpoints",
     )
     auth_cache_s: float = Field(
-        default=60.0, ge=0, le=3_600,
+        default=60.0,
+        ge=0,
+        le=3_600,
         description="remember a token's holder this long per API process (0: look it up on every request); "
         "a ban reaches other API processes within this time",
     )
@@ -60,6 +64,12 @@ class Settings(BaseSettings):
     validation_device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto")
     validation_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     validation_batch: int = Field(default=32, ge=1, le=1024, description="traces per validation task")
+    validation_noise: dict[str, dict[str, Annotated[float, Field(gt=0, le=100)]]] = Field(
+        default_factory=dict,
+        description="per model name, each compute dtype's honest logit noise, measured with "
+        "`python -m bench.trust generate/check --model` (docs/trust.md); unlisted models use the "
+        "bundled model's table",
+    )
     rate_limit_per_s: float = Field(
         default=20.0, ge=0, description="requests per second per token, sustained (0: no limit)"
     )

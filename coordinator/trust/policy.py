@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 
 # How far a party's logits stray from exact arithmetic, by compute dtype, in logit units, for the
 # bundled model; measured with `python -m bench.trust` (generate + check: CPU float32 and bfloat16,
@@ -17,9 +18,16 @@ WORKER_NOISE = {"float32": 2.5e-4, "bfloat16": 0.3, "float16": 0.3}
 VALIDATOR_NOISE = {"float32": 2.5e-4, "bfloat16": 0.75, "float16": 0.75}
 
 
-def tolerance(worker_dtype: str, validator_dtype: str) -> float:
+def tolerance(worker_dtype: str, validator_dtype: str, noise: Mapping[str, float] | None = None) -> float:
     """eps for a (worker, validator) pair: each side's arithmetic strays from exact on its own. A
-    dtype a worker reports that is not listed (or none) is given the widest allowance."""
+    dtype a worker reports that is not listed (or none) is given the widest allowance.
+
+    `noise` is a model's own table (dtype -> logit noise, both sides alike), measured for models
+    whose honest noise differs from the bundled model's: deeper models carry larger bfloat16
+    errors, so the defaults would flag honest traces of some."""
+    if noise:
+        widest = max(noise.values())
+        return noise.get(worker_dtype, widest) + noise.get(validator_dtype, widest)
     worker = WORKER_NOISE.get(worker_dtype, max(WORKER_NOISE.values()))
     return worker + VALIDATOR_NOISE.get(validator_dtype, max(VALIDATOR_NOISE.values()))
 

@@ -78,7 +78,8 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
         submitted = [
             Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype) for i in items
         ]
-        results = [service.Result(c.outcome, "", validator, c.seconds) for c in validate(scorer, submitted)]
+        checked = validate(scorer, submitted, noise=settings.validation_noise.get(name))
+        results = [service.Result(c.outcome, "", validator, c.seconds) for c in checked]
     for item, result in zip(items, results, strict=True):
         with transaction(runtime.sessions) as session:
             recheck = service.record(session, item, result, lock=not runtime.settings.is_sqlite)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from coordinator.trust.models_cache import Scorer
@@ -45,8 +45,14 @@ def rules_for(scorer: Scorer, spec: JobSpec, prompt_tokens: int) -> JobRules:
     )
 
 
-def validate(scorer: Scorer, traces: Sequence[Submitted], eps: float | None = None) -> list[Checked]:
-    """Re-score each trace; `eps` overrides the dtype-based tolerance (calibration runs use 0).
+def validate(
+    scorer: Scorer,
+    traces: Sequence[Submitted],
+    eps: float | None = None,
+    noise: Mapping[str, float] | None = None,
+) -> list[Checked]:
+    """Re-score each trace; `eps` overrides the dtype-based tolerance (calibration runs use 0),
+    `noise` is the model's own noise table where the operator measured one (policy.tolerance).
 
     One prefill per group of traces (models_cache), then one scoring pass over all their rows; each
     trace is charged its share of both, by token count."""
@@ -56,7 +62,7 @@ def validate(scorer: Scorer, traces: Sequence[Submitted], eps: float | None = No
     fits = [i for i, t in enumerate(traces) if len(t.tokens) <= rules[i].limit]
     started = time.perf_counter()
     logits = scorer.completion_logits([prompts[i] for i in fits], [list(traces[i].tokens) for i in fits])
-    allowed = [eps if eps is not None else tolerance(t.worker_dtype, scorer.dtype) for t in traces]
+    allowed = [eps if eps is not None else tolerance(t.worker_dtype, scorer.dtype, noise) for t in traces]
     cases = [
         Case(row, rules[i], Claim(traces[i].tokens, traces[i].logprobs, traces[i].finish_reason), allowed[i])
         for i, row in zip(fits, logits, strict=True)

@@ -50,3 +50,16 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
     engine.dispose()
     ours = [d for d in diff if any(name in str(d) for name in ("worker_trust", "validations", "traces"))]
     assert ours == []
+
+
+def test_a_model_with_its_own_noise_table_gets_its_own_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = '{"acme/deep-model": {"bfloat16": 1.2, "float32": 0.001}}'
+    monkeypatch.setenv("FLYWHEEL_VALIDATION_NOISE", table)
+    noise = Settings().validation_noise["acme/deep-model"]
+    assert tolerance("bfloat16", "float32", noise) == pytest.approx(1.201)
+    assert tolerance("float32", "float32", noise) == pytest.approx(0.002)
+    assert tolerance("", "float32", noise) == pytest.approx(1.201)  # unreported: the widest allowance
+    assert tolerance("bfloat16", "float32") == WORKER_NOISE["bfloat16"] + VALIDATOR_NOISE["float32"]
+    monkeypatch.setenv("FLYWHEEL_VALIDATION_NOISE", '{"m": {"bfloat16": -1}}')
+    with pytest.raises(ValueError, match="greater than 0"):
+        Settings()
