@@ -302,6 +302,7 @@ class BenchConfig:
     rl_problems: int = 2000
     rl_steps: int = 12
     rl_lr: float = 5e-5
+    rl_updates: int = 1  # optimiser steps per policy version (minibatches of the version's groups)
     group_size: int = 8
     groups_per_step: int = 16
     workers: int = 2
@@ -447,6 +448,7 @@ def grpo(cluster: Cluster, cfg: BenchConfig, sets: dict[str, str], start: str) -
         "group_size": cfg.group_size,
         "groups_per_step": cfg.groups_per_step,
         "lr": cfg.rl_lr,
+        "updates_per_version": cfg.rl_updates,
         "max_staleness": 1,
         "micro_batch": 32,
         "seed": cfg.seed,

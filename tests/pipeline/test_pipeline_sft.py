@@ -114,3 +114,42 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert resumed.curve["train"][:3] == straight.curve["train"][:3]  # restored, not recomputed
     a, b = load_file(str(straight.weights)), load_file(str(resumed.weights))
     assert all(float((a[k] - b[k]).abs().max()) < 1e-6 for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("method", "lr"), [("full", 3e-4), ("lora", 3e-3)])
+def test_sft_on_a_gpu_trains_a_larger_model(method: str, lr: float, tmp_path: Path) -> None:
+    """The same job on CUDA (through the device tool, never in CI) with a model about 25 times
+    the bundled one: a random Qwen2 of hidden size 768 and 8 layers with the bundled tokenizer."""
+    import shutil
+    import time
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    folder = tmp_path / "larger"
+    config = AutoConfig.from_pretrained(tiny_model_dir())
+    config.update({"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
+                   "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 64})  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)
+    for name in modeling.SERVING_FILES:
+        if name != "config.json" and (tiny_model_dir() / name).is_file():
+            shutil.copyfile(tiny_model_dir() / name, folder / name)
+    rows = _rows(64)
+    spec = _spec(method=method, lr=lr, device="cuda", max_steps=40, batch_size=16, model=str(folder))
+    began = time.perf_counter()
+    result = sft.train(rows, ModelSource(str(folder)), spec, tmp_path / "run", _no_progress)
+    seconds = time.perf_counter() - began
+    first, last = result.curve["train"][0][1], result.curve["train"][-1][1]
+    device = torch.cuda.get_device_name()
+    print(  # the figures this run leaves in the log
+        f"{method}: {params:,} parameters, loss {first:.3f} -> {last:.3f},"
+        f" 40 steps, {seconds:.1f} s, {device}"
+    )
+    assert result.metrics["steps"] == 40
+    assert last < 0.5 * first
