@@ -132,7 +132,8 @@ def test_sft_on_a_gpu_trains_a_larger_model(method: str, lr: float, tmp_path: Pa
     folder = tmp_path / "larger"
     config = AutoConfig.from_pretrained(tiny_model_dir())
     config.update({"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
-                   "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 64})  # fmt: skip
+                   "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 64,
+                   "layer_types": ["full_attention"] * 8})  # fmt: skip
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
