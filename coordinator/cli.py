@@ -141,6 +141,7 @@ def _campaign(args: argparse.Namespace) -> int:
             sampling=sampling,
             samples_per_problem=args.samples,
             seed=args.seed,
+            worker_dtypes=args.worker_dtypes,
         )
         return service.to_out(session, service.create(session, request))
 
@@ -226,6 +227,12 @@ def _campaign_parser(sub: Any) -> None:
     campaign.add_argument("--top-k", type=int, default=0)
     campaign.add_argument("--max-tokens", type=int, default=512)
     campaign.add_argument("--seed", type=int, default=0)
+    campaign.add_argument(
+        "--worker-dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16", "float16"],
+        help="take work computed in these dtypes only (float32: the tight validation tolerance)",
+    )
     campaign.set_defaults(func=_campaign)
 
 

@@ -203,6 +203,12 @@ class JobSpec(Wire):
 class LeaseRequest(Wire):
     max_jobs: int = Field(default=8, ge=1, le=MAX_BATCH)
     models: list[Name] = Field(default_factory=list, max_length=64)
+    dtype: str = Field(
+        default="",
+        max_length=32,
+        description="the engine's compute dtype (EngineInfo.dtype): campaigns that take only other "
+        "dtypes are skipped; empty: the dtype the worker registered with",
+    )
 
 
 class LeasedJob(Wire):
@@ -349,6 +355,9 @@ class ProblemSetOut(Wire):
     created_at: datetime
 
 
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+
 class CampaignCreate(Wire):
     name: Name
     problem_set_id: uuid.UUID
@@ -357,6 +366,13 @@ class CampaignCreate(Wire):
     samples_per_problem: int = Field(default=1, ge=1, le=1024)
     seed: int = Field(default=0, ge=0, lt=2**62)
     budget: BudgetForcing | None = None
+    worker_dtypes: list[ComputeDtype] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="compute dtypes whose traces the campaign accepts (none: any); float32 alone "
+        "holds every trace to the tight validation tolerance (docs/trust.md)",
+    )
 
 
 class CampaignProgress(Wire):
@@ -377,6 +393,7 @@ class CampaignOut(Wire):
     sampling: SamplingParams
     samples_per_problem: int
     budget: BudgetForcing | None = None
+    worker_dtypes: list[ComputeDtype] | None = None
     status: Literal["running", "paused", "done"]
     created_at: datetime
     progress: CampaignProgress

@@ -89,7 +89,9 @@ class Prefetcher:
 
     def _lease(self, wanted: int, models: list[str]) -> LeaseGrant | None:
         try:
-            grant = self.client.lease(LeaseRequest(max_jobs=wanted, models=models))
+            info = getattr(self.engine, "info", None)  # the dtype decides which campaigns take our work
+            dtype = str(getattr(info, "dtype", "") or "")
+            grant = self.client.lease(LeaseRequest(max_jobs=wanted, models=models, dtype=dtype))
         except TransientError as exc:
             log.warning("cannot lease jobs: %s", exc)
             self._note_empty()

@@ -22,5 +22,7 @@ class Campaign(Base):
     samples_per_problem: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
     budget: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # ",float32," style (delimited, so a LIKE on one dtype matches it alone); None: any dtype
+    worker_dtypes: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

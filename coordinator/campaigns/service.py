@@ -49,6 +49,9 @@ def create(session: Session, request: CampaignCreate) -> Campaign:
             samples_per_problem=request.samples_per_problem,
             seed=request.seed,
             budget=request.budget.model_dump() if request.budget else None,
+            worker_dtypes=",".join(["", *sorted(set(request.worker_dtypes)), ""])
+            if request.worker_dtypes
+            else None,
         ),
     )
     problem_ids = problems_repository.problem_ids(session, problem_set.id)
@@ -108,6 +111,7 @@ def to_out(session: Session, campaign: Campaign) -> CampaignOut:
         sampling=SamplingParams.model_validate(campaign.sampling),
         samples_per_problem=campaign.samples_per_problem,
         budget=BudgetForcing.model_validate(campaign.budget) if campaign.budget else None,
+        worker_dtypes=[d for d in campaign.worker_dtypes.split(",") if d] if campaign.worker_dtypes else None,
         status="done" if done else campaign.status,
         created_at=campaign.created_at,
         progress=report,

@@ -50,10 +50,10 @@ def in_flight(session: Session, worker_id: uuid.UUID, now: datetime) -> int:
 
 
 def claim(
-    session: Session, models: Sequence[str], limit: int, now: datetime, skip_locked: bool
+    session: Session, models: Sequence[str], dtype: str, limit: int, now: datetime, skip_locked: bool
 ) -> Sequence[JobRow]:
-    """Lock up to `limit` leasable jobs of running campaigns: queued ones, or leased ones whose
-    deadline passed.
+    """Lock up to `limit` leasable jobs of running campaigns that take work computed in `dtype`:
+    queued ones, or leased ones whose deadline passed.
 
     On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent leases pass each other instead of queueing
     on the same rows; on SQLite the whole transaction already holds the write lock. The locking scan
@@ -62,7 +62,9 @@ def claim(
     just inserted) PostgreSQL answered it by sorting every queued job, on every lease.
     """
     j, c = JOBS.c, CAMPAIGNS.c
-    running = select(c.id).where(c.status == "running")
+    running = select(c.id).where(
+        c.status == "running", or_(c.worker_dtypes.is_(None), c.worker_dtypes.contains(f",{dtype},"))
+    )
     if models:
         running = running.where(one_of(session, c.model_name, models))
     leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))
@@ -145,7 +147,7 @@ def lock_for_submit(session: Session, lease_ids: Sequence[uuid.UUID], lock: bool
     j, c = JOBS.c, CAMPAIGNS.c
     max_tokens = c.sampling["max_tokens"].as_integer().label("max_tokens")
     query = (
-        select(j.id, j.lease_id, j.worker_id, j.status, j.campaign_id, max_tokens)
+        select(j.id, j.lease_id, j.worker_id, j.status, j.campaign_id, max_tokens, c.worker_dtypes)
         .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id))
         .where(one_of(session, j.lease_id, lease_ids))
     )

@@ -42,7 +42,10 @@ def lease(
     rows: Sequence[repository.JobRow] = []
     if room > 0:
         limit = min(request.max_jobs, room)
-        rows = repository.claim(session, request.models, limit, now, skip_locked=not settings.is_sqlite)
+        dtype = request.dtype or workers.engine_dtype(session, principal.worker_id)
+        rows = repository.claim(
+            session, request.models, dtype, limit, now, skip_locked=not settings.is_sqlite
+        )
     lease_ids = [uuid.uuid4() for _ in rows]
     if rows:
         repository.mark_leased(session, [row.id for row in rows], lease_ids, principal.worker_id, deadline)

@@ -89,6 +89,13 @@ class _Batch:
         if result.finish_reason == FinishReason.error:
             self.requeue.append(job.id)  # the worker gave up: hand the job to someone else now
             return _ack(result, AckStatus.rejected, "generation error reported; job returned to the pool")
+        dtypes = job.worker_dtypes
+        if dtypes and f",{result.engine.dtype}," not in dtypes:
+            self.requeue.append(job.id)  # another worker, one the campaign accepts, takes it now
+            accepted = " or ".join(d for d in dtypes.split(",") if d)
+            claimed = result.engine.dtype or "an unnamed dtype"
+            reason = f"this campaign takes work computed in {accepted}, not {claimed}"
+            return _ack(result, AckStatus.rejected, reason)
         problem = trace_problem(result, int(job.max_tokens or 0))
         if problem is not None:
             return _ack(result, AckStatus.rejected, problem)

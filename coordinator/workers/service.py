@@ -163,6 +163,10 @@ def credit_submissions(session: Session, worker_id: uuid.UUID, submitted: int, e
         _seen.put(worker_id, True, every_s)
 
 
+def engine_dtype(session: Session, worker_id: uuid.UUID) -> str:
+    return repository.engine_dtype(session, worker_id)
+
+
 def list_workers(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Worker]:
     return repository.list_all(session, limit, offset)
 

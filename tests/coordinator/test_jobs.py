@@ -12,9 +12,9 @@ from coordinator.db import transaction, utcnow
 from coordinator.jobs import service
 from coordinator.jobs.models import Job
 from coordinator.workers import service as workers
-from shared.protocol import LeaseRequest, Scope
+from shared.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, LeaseRequest, Scope
 from tests.coordinator.conftest import Api
-from tests.coordinator.helpers import make_campaign, progress
+from tests.coordinator.helpers import make_campaign, progress, trace_for
 
 
 def test_lease_returns_a_batch_with_a_deadline_and_a_seed_per_job(api: Api) -> None:
@@ -151,3 +151,49 @@ def test_budget_forcing_travels_in_the_job_spec(api: Api) -> None:
     job = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=api.volunteer()).json()["jobs"][0]
     assert job["spec"]["budget"]["max_thinking_tokens"] == 40
     assert job["spec"]["budget"]["think_end"] == "\\boxed{"
+
+
+def _registered(api: Api, dtype: str) -> dict[str, str]:
+    body = {"name": f"w-{dtype}", "engine": {"name": "transformers", "dtype": dtype}}
+    response = api.client.post("/v1/workers/register", json=body)
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+
+
+def test_a_campaign_that_takes_float32_work_only(api: Api) -> None:
+    r = api.client.post(
+        "/v1/problem-sets", json={"name": "f32", "source": "arithmetic", "limit": 2}, headers=api.operator
+    )
+    body = {"name": "f32-only", "problem_set_id": r.json()["id"], "model": {"name": "flywheel/tiny-arith"},
+            "worker_dtypes": ["float32"]}  # fmt: skip
+    created = api.client.post("/v1/campaigns", json=body, headers=api.operator)
+    assert created.status_code == 201, created.text
+    assert created.json()["worker_dtypes"] == ["float32"]
+    # a bfloat16 engine (registered or said in the lease request) gets none of its jobs
+    half = _registered(api, "bfloat16")
+    assert api.client.post("/v1/leases", json={"max_jobs": 4}, headers=half).json()["jobs"] == []
+    full = _registered(api, "float32")
+    said = {"max_jobs": 4, "dtype": "bfloat16"}
+    assert api.client.post("/v1/leases", json=said, headers=full).json()["jobs"] == []
+    jobs = api.client.post("/v1/leases", json={"max_jobs": 1}, headers=full).json()["jobs"]
+    assert len(jobs) == 1
+    # a trace that says it was computed in bfloat16 is refused, and its job goes back to the pool
+    trace = {**trace_for(jobs[0]), "engine": {"name": "transformers", "dtype": "bfloat16"}}
+    acks = api.client.post("/v1/results", json={"results": [trace]}, headers=full).json()["acks"]
+    assert acks[0]["status"] == "rejected" and "float32" in acks[0]["reason"]
+    again = api.client.post("/v1/leases", json={"max_jobs": 2, "dtype": "float32"}, headers=full).json()[
+        "jobs"
+    ]
+    assert jobs[0]["spec"]["job_id"] in {j["spec"]["job_id"] for j in again}
+    trace = {**trace_for(again[0]), "engine": {"name": "transformers", "dtype": "float32"}}
+    acks = api.client.post("/v1/results", json={"results": [trace]}, headers=full).json()["acks"]
+    assert acks[0]["status"] == "accepted"
+
+
+def test_worker_dtypes_must_be_known_compute_dtypes(api: Api) -> None:
+    r = api.client.post(
+        "/v1/problem-sets", json={"name": "dt", "source": "arithmetic", "limit": 1}, headers=api.operator
+    )
+    for bad in (["int8"], [], ["float32"] * 4):
+        body = {"name": "bad", "problem_set_id": r.json()["id"], "model": {"name": "m"}, "worker_dtypes": bad}
+        assert api.client.post("/v1/campaigns", json=body, headers=api.operator).status_code == 422
