@@ -249,8 +249,7 @@ class Cluster:
     def fetch_model(self, sha256: str) -> str:
         """Download a weights artifact the way a worker must (Range resume, sha256 check) and lay it
         out as `models/flywheel-artifact/<sha256>/`, the name the jobs carry."""
-        from coordinator.pipeline.artifacts import file_sha256
-        from shared.assets import resolve_model
+        from shared.assets import file_sha256, resolve_model
 
         info = self.call("GET", f"/pipeline/artifacts/{sha256}/info")
         folder = self.work / "models" / "flywheel-artifact" / sha256

@@ -1,11 +1,42 @@
-"""Locations of data files that ship inside the distribution."""
+"""Locations of data files that ship inside the distribution, and what a model folder holds."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_MODEL_NAME = "flywheel/tiny-arith"
+# Base-model files a serving directory needs besides the weights: what the trainer copies beside a
+# checkpoint and what a worker copies beside a downloaded policy version.
+SERVING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+def is_sha256(value: str) -> bool:
+    """A lowercase hex sha256: how artifacts (checkpoints, policy versions) are named."""
+    return bool(_SHA256.match(value))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tiny_model_dir() -> Path:

@@ -15,7 +15,6 @@ whose version is already there.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.assets import resolve_model
+from shared.assets import SERVING_FILES, file_sha256, is_sha256, resolve_model
 from shared.protocol import ARTIFACT_MODEL_PREFIX, MAX_ARTIFACT_BYTES, PolicyRef, RelativePath, Sha256
 from worker.client import CoordinatorClient
 from worker.errors import PolicyError, RejectedError, TransientError
@@ -40,27 +39,13 @@ PARTIAL = ".partial"
 CHUNK = 1 << 20
 RANGE_NOT_SATISFIABLE = 416
 WEIGHT_KINDS = ("checkpoint", "policy")  # artifact kinds that are full model weights
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+|\*)$")
-# Base-model files a serving directory needs besides the weights (what the trainer copies too).
-SERVING_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
 
 
 def artifact_sha(name: str) -> str | None:
     """The sha256 in a `flywheel-artifact/<sha256>` model name; None for any other name."""
     sha = name.removeprefix(ARTIFACT_MODEL_PREFIX)
-    return sha if name.startswith(ARTIFACT_MODEL_PREFIX) and _SHA256.match(sha) else None
+    return sha if name.startswith(ARTIFACT_MODEL_PREFIX) and is_sha256(sha) else None
 
 
 @dataclass(frozen=True)
@@ -91,14 +76,6 @@ class ArtifactInfo(BaseModel):
     size_bytes: int = Field(ge=0, le=MAX_ARTIFACT_BYTES)
     url: RelativePath
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base_model_files(name: str) -> Path:
@@ -176,7 +153,7 @@ class PolicyCache:
 
     def versions(self) -> list[str]:
         """Complete versions on disk, least recently used first."""
-        dirs = [p for p in self.root.iterdir() if _SHA256.match(p.name) and (p / WEIGHTS).is_file()]
+        dirs = [p for p in self.root.iterdir() if is_sha256(p.name) and (p / WEIGHTS).is_file()]
         return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime_ns)]
 
     def hold(self, sha256: str | None) -> None:
@@ -208,7 +185,7 @@ class PolicyCache:
     def ensure(self, weights: Weights, hold: bool = False) -> Path:
         """The directory to load `weights` from, downloaded first if need be (raises PolicyError)."""
         sha = weights.sha256
-        if not _SHA256.match(sha):
+        if not is_sha256(sha):
             raise PolicyError(f"not a sha256: {sha!r}")
         with self._lock:
             if self.ready(sha):

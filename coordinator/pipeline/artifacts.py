@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from shared.assets import is_sha256
+
 CHUNK = 1 << 20
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def is_sha256(value: str) -> bool:
-    return bool(_SHA256.match(value))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ArtifactStore:

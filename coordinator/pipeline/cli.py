@@ -166,7 +166,7 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from coordinator.config import Settings
     from coordinator.pipeline import service
-    from coordinator.pipeline.artifacts import file_sha256
+    from shared.assets import file_sha256
 
     artifact = _with_session(lambda s: service.artifact_out(service.get_artifact(s, args.sha256)))
     service.store(Settings()).copy_to(artifact.sha256, args.out)

@@ -23,7 +23,7 @@ from coordinator.datasets import service as datasets
 from coordinator.db import utcnow
 from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.pipeline import repository
-from coordinator.pipeline.artifacts import ArtifactStore, is_sha256
+from coordinator.pipeline.artifacts import ArtifactStore
 from coordinator.pipeline.models import (
     CANCELLED,
     DONE,
@@ -48,7 +48,7 @@ from coordinator.pipeline.schemas import (
     SftSpec,
 )
 from coordinator.problems import service as problems
-from shared.assets import resolve_model
+from shared.assets import is_sha256, resolve_model
 from shared.protocol import API_PREFIX, CampaignCreate, ModelRef, Routes, StrategyReport
 
 STALL_AFTER_S = 120.0  # a runner heartbeats every KEEPALIVE_S; this many seconds of silence = gone
