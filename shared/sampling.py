@@ -141,25 +141,25 @@ def _exact_log(ops: _Ops, x: Any) -> Any:
     return exponent * _LN2 + 2.0 * s * series
 
 
+def _python_keys(ops: _Ops, seeds: Sequence[int], indices: Sequence[int], positions: Sequence[int]) -> Any:
+    keys = [row_keys(int(s), int(i), int(p)) for s, i, p in zip(seeds, indices, positions, strict=True)]
+    return ops.i64([[k[0] for k in keys], [k[1] for k in keys]])
+
+
 def _keys_array(ops: _Ops, seeds: Sequence[int], indices: Sequence[int], positions: Sequence[int]) -> Any:
     """`row_keys` of every row at once, [2, rows] int64: the same hash chain on arrays, so that a
     validator's thousands of positions cost a few array passes instead of Python calls each."""
     if len(seeds) < _ARRAY_KEYS_MIN_ROWS:
-        keys = [row_keys(int(s), int(i), int(p)) for s, i, p in zip(seeds, indices, positions, strict=True)]
-        return ops.i64([[k[0] for k in keys], [k[1] for k in keys]])
-    fields = ops.i64(
-        [
-            [(int(s) & MASK32) ^ 0x243F6A88 for s in seeds],
-            [(int(s) >> 32) & MASK32 for s in seeds],
-            [int(i) & MASK32 for i in indices],
-            [(int(i) >> 32) & MASK32 for i in indices],
-            [int(p) & MASK32 for p in positions],
-        ]
-    )
-    h = lowbias32(fields[0])
-    for row in range(1, 4):
-        h = lowbias32(h ^ fields[row])
-    k1 = lowbias32(h ^ fields[4])
+        return _python_keys(ops, seeds, indices, positions)
+    if max(max(seeds), max(indices), max(positions)) >= 1 << 63:  # beyond int64: the Python chain
+        return _python_keys(ops, seeds, indices, positions)
+    # Non-negative int64 values, so `>> 32` is the logical shift the Python chain does.
+    seed, index, position = ops.i64(list(seeds)), ops.i64(list(indices)), ops.i64(list(positions))
+    h = lowbias32((seed & MASK32) ^ 0x243F6A88)
+    h = lowbias32(h ^ ((seed >> 32) & MASK32))
+    h = lowbias32(h ^ (index & MASK32))
+    h = lowbias32(h ^ ((index >> 32) & MASK32))
+    k1 = lowbias32(h ^ (position & MASK32))
     k2 = lowbias32(k1 ^ 0x85A308D3)
     return ops.xp.stack([k1, k2])
 

@@ -32,7 +32,10 @@ from shared.protocol import BudgetForcing, SamplingParams
 from shared.sampling import filtered_logprobs, gumbel_noise
 
 CHUNK_ELEMENTS = 1 << 22  # rows x vocab scored at once: bounds the float64 temporaries (~32 MiB each)
-FLOAT_SLACK = 1e-9  # float64 rounding in the recomputation itself, far below any honest noise
+FLOAT_SLACK = 1e-9
+_NOTHING: frozenset[int] = (
+    frozenset()
+)  # float64 rounding in the recomputation itself, far below any honest noise
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,23 @@ class _Rows:
         self.tokens.append(token)
         self.suppress.append(suppress)
         self.eps.append(eps)
+
+    def extend(
+        self,
+        rules: JobRules,
+        positions: list[int],
+        tokens: list[int],
+        suppress: list[frozenset[int]],
+        eps: float,
+    ) -> None:
+        """Many positions of one trace at once (list extends, not a call per position)."""
+        n = len(positions)
+        self.sampling.extend([rules.sampling] * n)
+        self.sample_indices.extend([rules.sample_index] * n)
+        self.positions.extend(positions)
+        self.tokens.extend(tokens)
+        self.suppress.extend(suppress)
+        self.eps.extend([eps] * n)
 
 
 class _Failure(Exception):
@@ -293,18 +313,30 @@ def _score_batch(
     for i, positions in batch:
         case, plan = cases[i], plans[i]
         assert isinstance(plan, _Plan)
-        for p in positions:
-            rows.add(case.rules, p, case.claim.tokens[p], plan.suppress.get(p, frozenset()), case.eps)
+        tokens = [case.claim.tokens[p] for p in positions]
+        suppress = (
+            [plan.suppress.get(p, _NOTHING) for p in positions]
+            if plan.suppress
+            else [_NOTHING] * len(positions)
+        )
+        rows.extend(case.rules, positions, tokens, suppress, case.eps)
         index = torch.tensor(positions, device=case.logits.device)
         parts.append(case.logits.index_select(0, index))
     part = _score_rows(torch.cat(parts), rows)
     start = 0
     for i, positions in batch:
-        target = scores[i]
-        for k, p in enumerate(positions, start):
-            target.margin[p], target.low[p], target.high[p] = part.margin[k], part.low[k], part.high[k]
-            target.slack[p] = part.slack[k]
-        start += len(positions)
+        target, end = scores[i], start + len(positions)
+        values = zip(
+            positions,
+            part.margin[start:end],
+            part.low[start:end],
+            part.high[start:end],
+            part.slack[start:end],
+            strict=True,
+        )
+        for p, margin, low, high, slack in values:
+            target.margin[p], target.low[p], target.high[p], target.slack[p] = margin, low, high, slack
+        start = end
 
 
 def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
@@ -382,11 +414,12 @@ def _allowed_sets(raw: Any, z: Any, rows: _Rows, temps: Any) -> tuple[Any, Any]:
     shift = 2 * torch.tensor([rows.eps[k] for k in on], dtype=torch.float64, device=z.device)[:, None]
     shift = shift / temps[index]
     wide, narrow = [], []
-    bounds: dict[tuple[SamplingParams, float], tuple[SamplingParams, SamplingParams]] = {}
+    bounds: dict[tuple[int, float], tuple[SamplingParams, SamplingParams]] = {}
     for k, margin in zip(on, shift[:, 0].tolist(), strict=True):
-        pair = bounds.get((rows.sampling[k], margin))
-        if pair is None:  # rows of one trace share these: build each pair once
-            pair = bounds[(rows.sampling[k], margin)] = _top_p_bounds(rows.sampling[k], margin)
+        key = (id(rows.sampling[k]), margin)  # rows of one trace share one settings object
+        pair = bounds.get(key)
+        if pair is None:  # build each pair once per trace, not per row
+            pair = bounds[key] = _top_p_bounds(rows.sampling[k], margin)
         wide.append(pair[0])
         narrow.append(pair[1])
     floor_wide = _floor(sub_z, torch.isfinite(filtered_logprobs(torch, sub_raw, wide)))
