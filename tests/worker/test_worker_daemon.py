@@ -71,6 +71,8 @@ def test_worker_runs_all_jobs_and_exits_when_idle(
         assert result.hardware.cpu_count > 0
     assert spooled(tmp_path) == []
     assert "accepted 5" in proc.stderr
+    # every lease request says the engine's dtype: campaigns may take one dtype's work only
+    assert coordinator.lease_dtypes and set(coordinator.lease_dtypes) == {"float32"}
 
 
 def test_sigterm_keeps_unacknowledged_results_and_restart_resubmits(

@@ -160,6 +160,7 @@ class FakeCoordinator(JsonServer):
         self.released: set[uuid.UUID] = set()
         self.outstanding: set[uuid.UUID] = set()
         self.peak_outstanding = 0
+        self.lease_dtypes: list[str] = []  # what each lease request said the engine computes in
         self.supports_release = True
         self.submit_times: list[float] = []
         self.submit_status: int | None = None  # set to e.g. 503 to refuse every submission
@@ -207,6 +208,7 @@ class FakeCoordinator(JsonServer):
         deadline = datetime.now(UTC) + timedelta(seconds=60)
         granted = []
         with self.lock:
+            self.lease_dtypes.append(request.dtype)
             while self.queue and len(granted) < request.max_jobs:
                 lease = LeasedJob(lease_id=uuid.uuid4(), deadline=deadline, spec=self.queue.popleft())
                 self.leases[lease.lease_id] = lease.spec
