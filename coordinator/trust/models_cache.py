@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.pipeline.ops.modeling import load_weights
 from shared.assets import resolve_model
 from shared.budget import BudgetTokens
 from shared.protocol import BudgetForcing, ChatMessage
@@ -148,7 +149,7 @@ def _load(
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=getattr(torch, dtype))
         if weights is not None:
-            _overlay(model, weights)
+            load_weights(model, weights)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"cannot load {name!r} for validation: {exc}") from exc
     model = model.to(chosen).eval()  # type: ignore[arg-type]
@@ -161,15 +162,6 @@ def _load(
         stops=frozenset(_stop_ids(tokenizer, generation)),
         context=int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
     )
-
-
-def _overlay(model: Any, weights: Path) -> None:
-    from safetensors.torch import load_model
-
-    missing, unexpected = load_model(model, str(weights), strict=False)
-    # Tied heads are stored once; anything else missing means the file is not for this model.
-    if {m for m in missing if not m.endswith("lm_head.weight")} or unexpected:
-        raise ValueError(f"weights {weights.name} do not fit the base model")
 
 
 def _stop_ids(tokenizer: Any, generation_config: Any) -> set[int]:
