@@ -42,7 +42,7 @@ def lease(
     rows: Sequence[repository.JobRow] = []
     if room > 0:
         limit = min(request.max_jobs, room)
-        dtype = request.dtype or workers.engine_dtype(session, principal.worker_id)
+        dtype = request.dtype or principal.engine_dtype
         rows = repository.claim(
             session, request.models, dtype, limit, now, skip_locked=not settings.is_sqlite
         )

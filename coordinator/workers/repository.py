@@ -27,12 +27,6 @@ def get(session: Session, worker_id: uuid.UUID) -> Worker | None:
     return session.get(Worker, worker_id)
 
 
-def engine_dtype(session: Session, worker_id: uuid.UUID) -> str:
-    """The compute dtype the worker registered its engine with ("" when it named none)."""
-    engine = session.execute(select(WORKERS.c.engine).where(WORKERS.c.id == worker_id)).scalar()
-    return str((engine or {}).get("dtype") or "")
-
-
 def list_all(session: Session, limit: int, offset: int) -> Sequence[Worker]:
     return session.scalars(select(Worker).order_by(Worker.created_at).limit(limit).offset(offset)).all()
 

@@ -30,6 +30,7 @@ class Principal:
     worker_id: uuid.UUID
     scope: Scope
     name: str
+    engine_dtype: str = ""  # the compute dtype the worker registered its engine with, if any
 
 
 def hash_token(token: str) -> str:
@@ -62,7 +63,8 @@ def authenticate(session: Session, token: str | None) -> Principal:
         raise Unauthorized("unknown or revoked token")
     if worker.banned:
         raise Forbidden("this token is banned", details={"worker_id": str(worker.id)})
-    return Principal(worker_id=worker.id, scope=Scope(worker.scope), name=worker.name)
+    dtype = str((worker.engine or {}).get("dtype") or "")
+    return Principal(worker_id=worker.id, scope=Scope(worker.scope), name=worker.name, engine_dtype=dtype)
 
 
 class _Recent:
@@ -161,10 +163,6 @@ def credit_submissions(session: Session, worker_id: uuid.UUID, submitted: int, e
     repository.add_counts(session, worker_id, submitted=submitted, seen_at=utcnow())
     if every_s > 0:
         _seen.put(worker_id, True, every_s)
-
-
-def engine_dtype(session: Session, worker_id: uuid.UUID) -> str:
-    return repository.engine_dtype(session, worker_id)
 
 
 def list_workers(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Worker]:
