@@ -76,24 +76,18 @@ def _migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def _with_session(work: Callable[[Any], Any]) -> Any:
-    from coordinator.db import make_engine, make_session_factory, migrate, transaction
+def run_once(work: Callable[[Any], Any]) -> Any:
+    """`coordinator.db.run_once`, imported on use: starting the CLI (and --help) loads no SQLAlchemy."""
+    from coordinator.db import run_once as run
 
-    settings = Settings()
-    migrate(settings)
-    engine = make_engine(settings)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            return work(session)
-    finally:
-        engine.dispose()
+    return run(work)
 
 
 def _create_token(args: argparse.Namespace) -> int:
     from coordinator.workers import service
     from shared.protocol import Scope
 
-    worker, token = _with_session(lambda s: service.create(s, args.name, Scope(args.scope)))
+    worker, token = run_once(lambda s: service.create(s, args.name, Scope(args.scope)))
     print(json.dumps({"worker_id": str(worker.id), "scope": args.scope, "token": token}))
     return 0
 
@@ -118,7 +112,7 @@ def _problems(args: argparse.Namespace) -> int:
                 return service.to_out(service.create_set(session, request, handle))
         return service.to_out(service.create_set(session, request))
 
-    print(_with_session(work).model_dump_json(indent=2))
+    print(run_once(work).model_dump_json(indent=2))
     return 0
 
 
@@ -145,7 +139,7 @@ def _campaign(args: argparse.Namespace) -> int:
         )
         return service.to_out(session, service.create(session, request))
 
-    print(_with_session(work).model_dump_json(indent=2))
+    print(run_once(work).model_dump_json(indent=2))
     return 0
 
 
@@ -171,7 +165,7 @@ def _export(args: argparse.Namespace) -> int:
                 n += 1
         return n
 
-    print(f"wrote {_with_session(work)} rows to {args.out}")
+    print(f"wrote {run_once(work)} rows to {args.out}")
     return 0
 
 

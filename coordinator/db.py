@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,3 +167,15 @@ def migrate(settings: Settings) -> None:
 
     _ensure_sqlite_dir(settings)
     command.upgrade(alembic_config(settings.database_url), "head")
+
+
+def run_once(work: Callable[[Session], Any], settings: Settings | None = None) -> Any:
+    """One command-line step: migrate, run `work` in a transaction, release the engine."""
+    settings = settings or Settings()
+    migrate(settings)
+    engine = make_engine(settings)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            return work(session)
+    finally:
+        engine.dispose()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.cli import run_once
+
 
 def add_pipeline_commands(subparsers: Any) -> None:
     """Add `pipeline` with its sub-commands to `flywheel coordinator`'s sub-parsers."""
@@ -93,7 +95,7 @@ def _rl(args: argparse.Namespace) -> int:
     spec = {
         "kind": "grpo",
         "model": args.model,
-        "problem_set_id": _with_session(set_id),
+        "problem_set_id": run_once(set_id),
         "steps": args.steps,
         "group_size": args.group_size,
         "groups_per_step": args.groups_per_step,
@@ -119,7 +121,7 @@ def _create(request: dict[str, Any], here: bool) -> int:
         job = service.create_job(session, parsed, settings)
         return job.id, job.wake_token
 
-    job_id, token = _with_session(create)
+    job_id, token = run_once(create)
     assert token is not None
     print(json.dumps({"job_id": str(job_id)}), flush=True)
     if settings.redis_url and not here:
@@ -131,13 +133,13 @@ def _create(request: dict[str, Any], here: bool) -> int:
 def _run(args: argparse.Namespace) -> int:
     from coordinator.pipeline import service
 
-    return _foreground(args.job_id, _with_session(lambda s: service.resume(s, args.job_id)))
+    return _foreground(args.job_id, run_once(lambda s: service.resume(s, args.job_id)))
 
 
 def _status(args: argparse.Namespace) -> int:
     from coordinator.pipeline import service
 
-    out = _with_session(lambda s: service.to_out(s, service.get_job(s, args.job_id)))
+    out = run_once(lambda s: service.to_out(s, service.get_job(s, args.job_id)))
     print(out.model_dump_json(indent=2))
     return 0
 
@@ -158,7 +160,7 @@ def _list(args: argparse.Namespace) -> int:
             for j in service.list_jobs(session, args.kind)
         ]
 
-    for row in _with_session(rows):
+    for row in run_once(rows):
         print(json.dumps(row))
     return 0
 
@@ -168,7 +170,7 @@ def _fetch(args: argparse.Namespace) -> int:
     from coordinator.pipeline import service
     from shared.assets import file_sha256
 
-    artifact = _with_session(lambda s: service.artifact_out(service.get_artifact(s, args.sha256)))
+    artifact = run_once(lambda s: service.artifact_out(service.get_artifact(s, args.sha256)))
     service.store(Settings()).copy_to(artifact.sha256, args.out)
     if file_sha256(args.out) != artifact.sha256:
         raise SystemExit(f"{args.out} does not hash to {artifact.sha256}: the store is damaged")
@@ -177,20 +179,6 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- running
-
-
-def _with_session(work: Callable[[Any], Any]) -> Any:
-    from coordinator.config import Settings
-    from coordinator.db import make_engine, make_session_factory, migrate, transaction
-
-    settings = Settings()
-    migrate(settings)
-    engine = make_engine(settings)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            return work(session)
-    finally:
-        engine.dispose()
 
 
 def _enqueue_remote(settings: Any, job_id: uuid.UUID, token: uuid.UUID) -> None:
