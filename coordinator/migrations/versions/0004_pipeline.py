@@ -23,6 +23,14 @@ UTC = coordinator.db.UTCDateTime
 
 
 def upgrade() -> None:
+    _pipeline_jobs()
+    _pipeline_artifacts()
+    _pipeline_outputs()
+    _policy_versions()
+    _rollout_groups()
+
+
+def _pipeline_jobs() -> None:
     op.create_table(
         "pipeline_jobs",
         sa.Column("id", GUID(), nullable=False),
@@ -47,6 +55,8 @@ def upgrade() -> None:
         batch.create_index("ix_pipeline_jobs_kind", ["kind"], unique=False)
         batch.create_index("ix_pipeline_jobs_status_heartbeat", ["status", "heartbeat_at"], unique=False)
 
+
+def _pipeline_artifacts() -> None:
     op.create_table(
         "pipeline_artifacts",
         sa.Column("sha256", sa.String(length=64), nullable=False),
@@ -67,6 +77,8 @@ def upgrade() -> None:
         batch.create_index("ix_pipeline_artifacts_kind", ["kind"], unique=False)
         batch.create_index("ix_pipeline_artifacts_job_id", ["job_id"], unique=False)
 
+
+def _pipeline_outputs() -> None:
     op.create_table(
         "pipeline_outputs",
         sa.Column("job_id", GUID(), nullable=False),
@@ -77,6 +89,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "label"),
     )
 
+
+def _policy_versions() -> None:
     op.create_table(
         "policy_versions",
         sa.Column("id", GUID(), nullable=False),
@@ -92,6 +106,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("run_id", "version"),
     )
 
+
+def _rollout_groups() -> None:
     op.create_table(
         "rollout_groups",
         sa.Column("id", GUID(), nullable=False),
