@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from shared.protocol import MAX_BATCH, HeartbeatRequest, LeasedJob, ReleaseRequest
+from worker.background import Background
 from worker.client import CoordinatorClient
 
 log = logging.getLogger("flywheel.worker")
@@ -141,23 +142,14 @@ def give_back(client: CoordinatorClient, book: LeaseBook, lease_ids: list[uuid.U
     return released
 
 
-class Heartbeat:
+class Heartbeat(Background):
     """Background thread extending every held lease; marks the ones reported lost."""
 
     def __init__(self, client: CoordinatorClient, book: LeaseBook, interval_s: float) -> None:
+        super().__init__("flywheel-heartbeat")
         self.client = client
         self.book = book
         self.interval_s = interval_s
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._closed.wait(max(MIN_HEARTBEAT_S, self.interval_s)):

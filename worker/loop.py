@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.protocol import MAX_BATCH, HardwareInfo
+from worker.background import Background
 from worker.client import CoordinatorClient
 from worker.config import WorkerConfig
 from worker.controls import Controls
@@ -60,21 +61,15 @@ def plan_sizes(config: WorkerConfig, engine: Engine) -> Sizes:
     return Sizes(fixed, ceiling, max_leases, max_jobs)
 
 
-class Reporter:
+class Reporter(Background):
     """Once a second: refresh the derived counters, redraw the progress view, write daemon.json."""
 
     def __init__(self, worker: Worker) -> None:
+        super().__init__("flywheel-status")
         self.worker = worker
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-status", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def close(self, timeout_s: float = 5.0) -> None:
+        super().close(timeout_s)
         self.report()
 
     def _run(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.protocol import LeasedJob, LeaseGrant, LeaseRequest
+from worker.background import Background
 from worker.client import CoordinatorClient
 from worker.controls import Controls
 from worker.engines.base import Engine
@@ -32,7 +33,7 @@ class LeasePolicy:
     once: bool  # lease once, then stop
 
 
-class Prefetcher:
+class Prefetcher(Background):
     def __init__(
         self,
         client: CoordinatorClient,
@@ -42,6 +43,7 @@ class Prefetcher:
         pending: Callable[[], int],
         on_fatal: Callable[[WorkerError], None],
     ) -> None:
+        super().__init__("flywheel-prefetch")
         self.client = client
         self.engine = engine
         self.book, self.queue, self.heartbeat, self.controls, self.stats = parts
@@ -51,17 +53,11 @@ class Prefetcher:
         self.wake = threading.Event()
         self.empty_since: float | None = None  # since when every lease attempt came back empty
         self.done = False  # --once: the one lease is made
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-prefetch", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closing.set()
+    def close(self, timeout_s: float | None = None) -> None:
         self.wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.client.retry.max_delay_s + 60)
+        # a lease request may be retrying: let it finish its longest back-off
+        super().close(self.client.retry.max_delay_s + 60 if timeout_s is None else timeout_s)
 
     def wanted(self) -> int:
         """Jobs to ask for now: room under the lease cap and the day's cap; 0 while blocked."""
@@ -74,7 +70,7 @@ class Prefetcher:
         return max(0, wanted)
 
     def _run(self) -> None:
-        while not self._closing.is_set() and not self.done:
+        while not self._closed.is_set() and not self.done:
             self.wake.clear()
             wanted = self.wanted()
             if wanted > 0:
@@ -98,7 +94,7 @@ class Prefetcher:
             return None
         except WorkerError as exc:  # wrong token, banned, incompatible: retrying cannot help
             self.on_fatal(exc)
-            self._closing.set()
+            self._closed.set()
             return None
         self.heartbeat.interval_s = grant.heartbeat_interval_s
         return grant

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shared.assets import resolve_model
 from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec
+from worker.background import Background
 from worker.client import CoordinatorClient
 from worker.config import WorkerConfig
 from worker.engines import Engine, Generation, ShouldStop, SwapsWeights, load_engine
@@ -30,39 +31,30 @@ MAX_MODELS = 64  # names in one lease request (LeaseRequest.models)
 Loader = Callable[[str, str], Engine]  # (model name, directory or name to load it from) -> engine
 
 
-class PolicyWatcher:
+class PolicyWatcher(Background):
     """Which policy versions this worker can serve now: those with rollout jobs waiting that are
     built on its base model and are downloaded."""
 
     def __init__(
         self, client: CoordinatorClient, cache: PolicyCache, home: str, base: str, poll_s: float
     ) -> None:
+        super().__init__("flywheel-policies")  # a download cut by close() resumes at the next start
         self.client, self.cache = client, cache
         self.home = home  # the model this worker always serves (--model)
         self.base = base  # the base model policy versions must be built on to run here
         self.poll_s = poll_s
         self._ready: list[str] = []
         self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-policies", daemon=True)
 
     def models(self) -> list[str]:
         """The names to ask jobs for: the worker's own model, then the ready versions, newest first."""
         with self._lock:
             return [self.home, *self._ready][:MAX_MODELS]
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)  # a download in progress resumes at the next start
-
     def _run(self) -> None:
-        while not self._closing.is_set():
+        while not self._closed.is_set():
             self.refresh()
-            self._closing.wait(self.poll_s)
+            self._closed.wait(self.poll_s)
 
     def refresh(self) -> None:
         """One look: list the versions with work, download the newest few, publish the ready ones."""
@@ -77,7 +69,7 @@ class PolicyWatcher:
             return
         ready = []
         for ref in [r for r in offered if r.base_model == self.base][: self.cache.keep]:
-            if self._closing.is_set():
+            if self._closed.is_set():
                 return
             try:
                 self.cache.ensure(Weights.of(ref))
