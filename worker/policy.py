@@ -32,6 +32,7 @@ from shared.assets import SERVING_FILES, file_sha256, is_sha256, resolve_model
 from shared.protocol import ARTIFACT_MODEL_PREFIX, MAX_ARTIFACT_BYTES, PolicyRef, RelativePath, Sha256
 from worker.client import CoordinatorClient
 from worker.errors import PolicyError, RejectedError, TransientError
+from worker.spool import fsync_dir
 
 log = logging.getLogger("flywheel.worker.policy")
 WEIGHTS = "model.safetensors"
@@ -100,14 +101,6 @@ def _copy_atomic(source: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, dest)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _resume_offset(response: httpx.Response, have: int) -> int | None:
@@ -277,7 +270,7 @@ class PolicyCache:
             if (base / name).is_file():
                 _copy_atomic(base / name, final / name)
         os.replace(partial, final / WEIGHTS)
-        _fsync_dir(final)
+        fsync_dir(final)
         log.info("policy weights %s ready in %s", weights.sha256[:12], final)
 
     def _usage(self, exclude: Path | None = None) -> int:

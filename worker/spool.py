@@ -27,7 +27,7 @@ LOCK_NAME = ".lock"
 BAD_DIR = "unreadable"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Without it the rename itself may not survive a power cut.
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -95,7 +95,7 @@ class Spool:
                     os.fsync(handle.fileno())
             for tmp, final in staged:
                 os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
