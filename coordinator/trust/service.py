@@ -255,20 +255,21 @@ def _worker(session: Session, worker_id: uuid.UUID) -> Worker:
 
 def restore(session: Session, worker_id: uuid.UUID) -> None:
     """Lift a quarantine or a ban. Trust stays at 0: the worker is validated on every trace again."""
-    _worker(session, worker_id)
-    record = repository.trust_of(session, worker_id, lock=True)
-    record.quarantined = False
-    repository.touch(record)
-    workers.set_banned(session, worker_id, False)
+    _set_banned(session, worker_id, False)
 
 
 def ban(session: Session, worker_id: uuid.UUID) -> None:
     """An operator's ban: the token stops working until restored (unlike a quarantine, on purpose)."""
+    _set_banned(session, worker_id, True)
+
+
+def _set_banned(session: Session, worker_id: uuid.UUID, banned: bool) -> None:
+    """An operator's decision replaces any quarantine: banned, or back at work."""
     _worker(session, worker_id)
     record = repository.trust_of(session, worker_id, lock=True)
     record.quarantined = False
     repository.touch(record)
-    workers.set_banned(session, worker_id, True)
+    workers.set_banned(session, worker_id, banned)
 
 
 def revalidate(session: Session, worker_id: uuid.UUID) -> list[uuid.UUID]:
