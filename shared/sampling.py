@@ -43,6 +43,8 @@ TABLE_MIN_ELEMENTS = 1 << 21
 _TABLE_CHUNK = 1 << 20
 # Below this many rows the Python chain is cheaper than a dozen array passes (kernel launches).
 _ARRAY_KEYS_MIN_ROWS = 64
+# An upper bound on every G: the value at the top level, plus far more than float64 rounding.
+GUMBEL_MAX = -math.log(-math.log1p(-0.5 / (1 << _UNIFORM_BITS))) + 1e-9
 _tables: dict[tuple[bool, str], Any] = {}
 _tables_lock = threading.Lock()
 
@@ -176,12 +178,25 @@ def gumbel_noise(
     `token_ids` is an int64 array (numpy or torch; its device is used) of the vocabulary ids to
     draw noise for, usually `arange(vocab_size)`.
     """
+    keys = noise_keys(xp, token_ids, seeds, sample_indices, positions)
+    return gumbel_at(xp, keys[0][:, None], keys[1][:, None], token_ids[None, :])
+
+
+def noise_keys(
+    xp: Any, like: Any, seeds: Sequence[int], sample_indices: Sequence[int], positions: Sequence[int]
+) -> Any:
+    """`row_keys` of every row, [2, rows] int64 on the device of `like` (an array of that module)."""
+    return _keys_array(_Ops(xp, like), seeds, sample_indices, positions)
+
+
+def gumbel_at(xp: Any, k1: Any, k2: Any, token_ids: Any) -> Any:
+    """Gumbel noise for token ids under row keys, all int64 arrays broadcast together: keys [rows, 1]
+    with ids [1, vocab] give a dense block; keys and ids of equal shape give one draw per pair (the
+    validator draws noise only for the tokens that could matter)."""
     ops = _Ops(xp, token_ids)
-    keys = _keys_array(ops, seeds, sample_indices, positions)
-    k1, k2 = keys[0][:, None], keys[1][:, None]
-    x = (token_ids[None, :] * _GOLDEN) & MASK32
+    x = (token_ids * _GOLDEN) & MASK32
     level = lowbias32(lowbias32(x ^ k1) ^ k2) >> (32 - _UNIFORM_BITS)
-    if len(seeds) * int(token_ids.shape[-1]) >= TABLE_MIN_ELEMENTS:
+    if math.prod(level.shape) >= TABLE_MIN_ELEMENTS:
         return _gumbel_table(ops)[level]
     return _gumbel_of_level(ops, level)
 
@@ -221,22 +236,48 @@ def _row_params(ops: _Ops, sampling: Sequence[SamplingParams]) -> tuple[Any, Any
 
 def _threshold(ops: _Ops, z: Any, top_k: Any, top_p: Any) -> Any:
     """Per-row lowest allowed value of z: tokens with z >= threshold form the allowed set."""
+    return _sorted_threshold(ops, ops.sort_desc(z), z.shape[-1], top_k, top_p)[0]
+
+
+def _sorted_threshold(
+    ops: _Ops, ordered: Any, vocab: int, top_k: Any, top_p: Any, total: Any = None
+) -> tuple[Any, Any]:
+    """`_threshold` from the row's values sorted in descending order, or from the largest of them.
+
+    With a prefix of the sorted values, `total` is the sum of exp(z - max) over the whole row
+    (needed only by rows without top-k). Also returns per row whether the prefix settled the cut:
+    the kept set ended inside it (top-k) and the top-p cut fell before its last value."""
     xp = ops.xp
-    vocab = z.shape[-1]
-    ordered = ops.sort_desc(z)
     neg_inf = ops.f64(-math.inf)
     use_k = (top_k > 0) & (top_k < vocab)
-    kth = ops.take(ordered, xp.where(use_k, top_k - 1, 0 * top_k))
+    last = ordered.shape[-1] - 1
+    kth = ops.take(ordered, xp.where(use_k, xp.clip(top_k - 1, 0, last), 0 * top_k))
     thr_k = xp.where(use_k, kth, neg_inf)
     # top-p runs on the distribution already cut by top-k, as the sampler sees it
     kept = xp.where(ordered >= thr_k, ordered, neg_inf)
     probs = xp.exp(kept - ordered[:, :1])
-    probs = probs / ops.sum(probs)
+    mass = ops.sum(probs) if total is None else xp.where(use_k, ops.sum(probs), total)
+    probs = probs / mass
     before = ops.cumsum(probs) - probs
     count = ops.sum((before < top_p) & (kept > neg_inf))
     # count >= 1: the top token always has zero mass before it
     thr_p = xp.where(top_p < 1.0, ops.take(ordered, count - 1), neg_inf)
-    return xp.where(thr_p > thr_k, thr_p, thr_k)
+    whole = ordered.shape[-1] >= vocab
+    settled = (count <= last) | (top_p >= 1.0)
+    settled = settled & xp.where(use_k, (top_k <= last) & (ordered[:, -1:] < thr_k), True) | whole
+    return xp.where(thr_p > thr_k, thr_p, thr_k), settled
+
+
+def allowed_floor(xp: Any, z: Any, ordered: Any, sampling: Sequence[SamplingParams]) -> tuple[Any, Any]:
+    """Per row, the lowest value of z = logits/T the filter allows ([rows, 1] float64) from `ordered`,
+    the row's largest values of z sorted in descending order (all of them, or a prefix), and whether
+    the prefix settled it ([rows, 1] bool; rows it did not settle need more values)."""
+    ops = _Ops(xp, z)
+    _, top_k, top_p, _ = _row_params(ops, sampling)
+    total = None
+    if ordered.shape[-1] < z.shape[-1]:
+        total = ops.sum(xp.exp(z - ordered[:, :1]))
+    return _sorted_threshold(ops, ordered, z.shape[-1], top_k, top_p, total)
 
 
 def _allowed_z(ops: _Ops, logits: Any, sampling: Sequence[SamplingParams]) -> Any:

@@ -29,9 +29,13 @@ from typing import Any
 
 from shared.budget import BudgetState, BudgetTokens
 from shared.protocol import BudgetForcing, SamplingParams
-from shared.sampling import filtered_logprobs, gumbel_noise
+from shared.sampling import GUMBEL_MAX, allowed_floor, gumbel_at, noise_keys
 
 CHUNK_ELEMENTS = 1 << 22  # rows x vocab scored at once: bounds the float64 temporaries (~32 MiB each)
+CHUNK_ELEMENTS_CUDA = 1 << 25  # on a GPU, larger passes (256 MiB each) keep kernel launches few
+MARGIN_WINDOW = 8.0  # margins are exact up to this many logits (or 4 eps); larger ones read as it
+SORTED_PREFIX = 1024  # top-k/top-p cuts are looked for among each row's largest values first
+DENSE_SHARE = 8  # noise is drawn for every token once candidates are more than 1/8 of the rows' tokens
 FLOAT_SLACK = 1e-9
 _NOTHING: frozenset[int] = (
     frozenset()
@@ -121,6 +125,20 @@ class _Scores:
     def empty(cls, claim: Claim) -> _Scores:
         n = len(claim.tokens)
         return cls([math.inf] * n, list(claim.logprobs), list(claim.logprobs), [0.0] * n)
+
+    def put(self, positions: list[int], part: _Scores, start: int, end: int) -> None:
+        """Take rows start:end of a scored chunk for these positions."""
+        if len(positions) == len(self.margin):  # every position sampled: one slice each
+            self.margin, self.low = part.margin[start:end], part.low[start:end]
+            self.high, self.slack = part.high[start:end], part.slack[start:end]
+            return
+        for k, p in enumerate(positions, start):
+            self.margin[p], self.low[p], self.high[p], self.slack[p] = (
+                part.margin[k],
+                part.low[k],
+                part.high[k],
+                part.slack[k],
+            )
 
 
 @dataclass
@@ -243,12 +261,13 @@ def _was_early_end(case: Case, p: int, watch: frozenset[int], wait_start: int) -
     rows.add(case.rules, p, wait_start, frozenset(), case.eps)
     row = case.logits[p : p + 1]
     as_sampled = _score_rows(row, rows).margin[0]
-    scores, strict, loose, temps = _perturbed(_masked(row, rows.suppress), rows)
-    ends = torch.zeros_like(loose)
+    block = _Block(row, rows)
+    scores = block.scores()
+    ends = torch.zeros_like(block.z, dtype=torch.bool)
     ends[0, sorted(watch)] = True
-    best_end = float(torch.where(ends & loose, scores, -math.inf).max())
-    best_other = float(torch.where(strict & ~ends, scores, -math.inf).max())
-    as_replaced = (best_end - best_other) * float(temps[0, 0]) if best_end > -math.inf else -math.inf
+    best_end = float(torch.where(ends & block.loose(), scores, -math.inf).max())
+    best_other = float(torch.where(block.strict() & ~ends, scores, -math.inf).max())
+    as_replaced = (best_end - best_other) * float(block.temps[0, 0]) if best_end > -math.inf else -math.inf
     return as_replaced > as_sampled
 
 
@@ -283,22 +302,27 @@ def _forced_scores(case: Case, plan: _Plan, scores: _Scores) -> None:
 
 
 def _sampled_scores(cases: Sequence[Case], plans: Sequence[_Plan | Outcome], scores: list[_Scores]) -> None:
-    """Score every sampled row of every case, whole cases at a time, about CHUNK_ELEMENTS per pass."""
+    """Score every sampled row of every case, whole cases at a time, about a chunk's elements per pass."""
     batch: list[tuple[int, list[int]]] = []
     size = 0
     for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
         if not isinstance(plan, _Plan):
             continue
-        rows = [p for p in range(len(case.claim.tokens)) if p not in plan.forced]
+        n = len(case.claim.tokens)
+        rows = [p for p in range(n) if p not in plan.forced] if plan.forced else list(range(n))
         if not rows:
             continue
         batch.append((i, rows))
         size += len(rows) * int(case.logits.shape[-1])
-        if size >= CHUNK_ELEMENTS:
+        if size >= _chunk_elements(case.logits):
             _score_batch(cases, plans, scores, batch)
             batch, size = [], 0
     if batch:
         _score_batch(cases, plans, scores, batch)
+
+
+def _chunk_elements(logits: Any) -> int:
+    return CHUNK_ELEMENTS_CUDA if logits.device.type == "cuda" else CHUNK_ELEMENTS
 
 
 def _score_batch(
@@ -320,22 +344,15 @@ def _score_batch(
             else [_NOTHING] * len(positions)
         )
         rows.extend(case.rules, positions, tokens, suppress, case.eps)
-        index = torch.tensor(positions, device=case.logits.device)
-        parts.append(case.logits.index_select(0, index))
-    part = _score_rows(torch.cat(parts), rows)
+        if len(positions) == int(case.logits.shape[0]):
+            parts.append(case.logits)
+        else:
+            parts.append(case.logits.index_select(0, torch.tensor(positions, device=case.logits.device)))
+    part = _score_rows(torch.cat(parts) if len(parts) > 1 else parts[0], rows)
     start = 0
     for i, positions in batch:
-        target, end = scores[i], start + len(positions)
-        values = zip(
-            positions,
-            part.margin[start:end],
-            part.low[start:end],
-            part.high[start:end],
-            part.slack[start:end],
-            strict=True,
-        )
-        for p, margin, low, high, slack in values:
-            target.margin[p], target.low[p], target.high[p], target.slack[p] = margin, low, high, slack
+        end = start + len(positions)
+        scores[i].put(positions, part, start, end)
         start = end
 
 
@@ -366,6 +383,48 @@ def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
 # --------------------------------------------------------------------------- row arithmetic
 
 
+class _Block:
+    """Rows to score, in float64: z = logits / T with suppressed ids at -inf (greedy rows: T = 1 and
+    no noise), and the floors of the allowed sets. An honest worker's filter kept every token with
+    z >= strict floor and nothing below the loose floor (see _floors)."""
+
+    def __init__(self, logits: Any, rows: _Rows) -> None:
+        import torch
+
+        self.rows = rows
+        self.device = logits.device
+        ops = {"dtype": torch.float64, "device": self.device}
+        self.temps = torch.tensor([s.temperature or 1.0 for s in rows.sampling], **ops)[:, None]
+        self.stochastic = torch.tensor([float(s.temperature > 0.0) for s in rows.sampling], **ops)[:, None]
+        self.eps = torch.tensor(rows.eps, **ops)[:, None]
+        self.z = _masked(logits, rows.suppress).div_(self.temps)
+        self.strict_floor, self.loose_floor = _floors(self)
+        seeds = [s.seed for s in rows.sampling]
+        self.keys = noise_keys(torch, self.z, seeds, rows.sample_indices, rows.positions)
+
+    def strict(self) -> Any:
+        return self.z.isfinite() & (self.z >= self.strict_floor)
+
+    def loose(self) -> Any:
+        return self.z.isfinite() & (self.z >= self.loose_floor)
+
+    def noise_at(self, token_ids: Any, rows: Any = None) -> Any:
+        """G at `token_ids` for each row (or for the rows `rows` names, one per id); 0 on greedy rows."""
+        import torch
+
+        k1, k2, on = self.keys[0][:, None], self.keys[1][:, None], self.stochastic
+        if rows is not None:
+            k1, k2, on = k1[rows, 0], k2[rows, 0], on[rows, 0]
+        return gumbel_at(torch, k1, k2, token_ids) * on
+
+    def scores(self) -> Any:
+        """Dense perturbed scores z + G over the whole vocabulary."""
+        import torch
+
+        vocab = torch.arange(self.z.shape[-1], dtype=torch.int64, device=self.device)[None, :]
+        return self.z + self.noise_at(vocab)
+
+
 def _masked(logits: Any, suppress: Sequence[frozenset[int]]) -> Any:
     """float64 copy of the rows with each row's suppressed ids at -inf."""
     import torch
@@ -377,24 +436,8 @@ def _masked(logits: Any, suppress: Sequence[frozenset[int]]) -> Any:
     return rows
 
 
-def _perturbed(raw: Any, rows: _Rows) -> tuple[Any, Any, Any, Any]:
-    """Scores z + G (z alone for greedy rows), the strict and loose allowed sets, and each row's
-    temperature (1 for greedy rows, whose scores are the raw logits)."""
-    import torch
-
-    ops = {"dtype": torch.float64, "device": raw.device}
-    greedy = torch.tensor([s.temperature == 0.0 for s in rows.sampling], device=raw.device)[:, None]
-    temps = torch.tensor([s.temperature or 1.0 for s in rows.sampling], **ops)[:, None]
-    z = raw / temps
-    strict, loose = _allowed_sets(raw, z, rows, temps)
-    vocab = torch.arange(z.shape[-1], dtype=torch.int64, device=raw.device)
-    seeds = [s.seed for s in rows.sampling]
-    noise = gumbel_noise(torch, seeds, rows.sample_indices, rows.positions, vocab)
-    return z + torch.where(greedy, 0.0, noise), strict, loose, temps
-
-
-def _allowed_sets(raw: Any, z: Any, rows: _Rows, temps: Any) -> tuple[Any, Any]:
-    """Tokens an honest worker must have allowed (strict) and may have allowed (loose).
+def _floors(block: _Block) -> tuple[Any, Any]:
+    """Per row, the strict and loose floors of the allowed set, in z units ([rows, 1]).
 
     Logit noise up to eps moves each z by eps/T, and each probability by a factor within
     exp(2 eps/T), so the mass before a token (top-p) by less than expm1(2 eps/T). Strict: the
@@ -404,15 +447,16 @@ def _allowed_sets(raw: Any, z: Any, rows: _Rows, temps: Any) -> tuple[Any, Any]:
     """
     import torch
 
-    finite = torch.isfinite(z)
-    strict, loose = finite.clone(), finite.clone()
+    rows, z = block.rows, block.z
+    n = z.shape[0]
+    strict = torch.full((n, 1), -math.inf, dtype=torch.float64, device=block.device)
+    loose = strict.clone()
     on = [k for k, s in enumerate(rows.sampling) if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0)]
     if not on:
         return strict, loose
-    index = torch.tensor(on, device=z.device)
-    sub_raw, sub_z = raw[index], z[index]
-    shift = 2 * torch.tensor([rows.eps[k] for k in on], dtype=torch.float64, device=z.device)[:, None]
-    shift = shift / temps[index]
+    index = torch.tensor(on, device=block.device)
+    sub = z[index]
+    shift = 2 * block.eps[index] / block.temps[index]
     wide, narrow = [], []
     bounds: dict[tuple[int, float], tuple[SamplingParams, SamplingParams]] = {}
     for k, margin in zip(on, shift[:, 0].tolist(), strict=True):
@@ -422,12 +466,28 @@ def _allowed_sets(raw: Any, z: Any, rows: _Rows, temps: Any) -> tuple[Any, Any]:
             pair = bounds[key] = _top_p_bounds(rows.sampling[k], margin)
         wide.append(pair[0])
         narrow.append(pair[1])
-    floor_wide = _floor(sub_z, torch.isfinite(filtered_logprobs(torch, sub_raw, wide)))
-    floor_narrow = _floor(sub_z, torch.isfinite(filtered_logprobs(torch, sub_raw, narrow)))
-    top = sub_z.max(dim=-1, keepdim=True).values
-    loose[index] = finite[index] & (sub_z >= floor_wide - shift)
-    strict[index] = finite[index] & ((sub_z >= floor_narrow) | (sub_z == top))
+    ordered = _sorted_prefix(sub, max(s.top_k for s in wide))
+    floor_wide, settled_wide = allowed_floor(torch, sub, ordered, wide)
+    floor_narrow, settled_narrow = allowed_floor(torch, sub, ordered, narrow)
+    if not bool((settled_wide & settled_narrow).all()):  # a cut beyond the prefix: sort whole rows
+        ordered = torch.sort(sub, dim=-1, descending=True).values
+        floor_wide, _ = allowed_floor(torch, sub, ordered, wide)
+        floor_narrow, _ = allowed_floor(torch, sub, ordered, narrow)
+    loose[index] = floor_wide - shift
+    strict[index] = torch.minimum(floor_narrow, sub.max(dim=-1, keepdim=True).values)
     return strict, loose
+
+
+def _sorted_prefix(z: Any, top_k: int) -> Any:
+    """The largest values of each row in descending order: enough for most top-k/top-p cuts, a
+    fraction of the cost of sorting a large vocabulary (_floors sorts whole rows when it is not)."""
+    import torch
+
+    vocab = z.shape[-1]
+    size = max(SORTED_PREFIX, 2 * top_k + 1)
+    if size * 4 >= vocab:
+        return torch.sort(z, dim=-1, descending=True).values
+    return torch.topk(z, size, dim=-1, sorted=True).values
 
 
 def _top_p_bounds(sampling: SamplingParams, shift: float) -> tuple[SamplingParams, SamplingParams]:
@@ -438,35 +498,68 @@ def _top_p_bounds(sampling: SamplingParams, shift: float) -> tuple[SamplingParam
     return wide, sampling.model_copy(update={"top_p": max(sampling.top_p - delta, 1e-12)})
 
 
-def _floor(z: Any, kept: Any) -> Any:
-    import torch
-
-    return torch.where(kept, z, math.inf).min(dim=-1, keepdim=True).values
-
-
 def _score_rows(logits: Any, rows: _Rows) -> _Scores:
     """Margins and honest logprob ranges of the claimed tokens at sampled rows."""
     import torch
 
-    raw = _masked(logits, rows.suppress)
-    scores, strict, loose, temps = _perturbed(raw, rows)
-    claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=raw.device)[:, None]
-    mine = torch.zeros_like(loose).scatter_(-1, claimed, True)
-    own = scores.gather(-1, claimed)[:, 0]
-    rival = torch.where(strict & ~mine, scores, -math.inf).max(dim=-1).values
-    inside = loose.gather(-1, claimed)[:, 0]
-    margin = torch.where(rival == -math.inf, math.inf, (own - rival) * temps[:, 0])
-    margin = torch.where(inside, margin, -math.inf)
-    z = raw / temps
-    high = _logprob_within(z, strict | mine, claimed)
-    low = _logprob_within(z, loose | mine, claimed)
-    slack = (2.0 / temps[:, 0]).tolist()
-    return _Scores([float(m) for m in margin.tolist()], low, high, slack)
+    block = _Block(logits, rows)
+    z = block.z
+    claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=block.device)[:, None]
+    z_c = z.gather(-1, claimed)
+    own = z_c + block.noise_at(claimed)
+    window = torch.clamp(4 * block.eps, min=MARGIN_WINDOW)  # margins are exact up to this many logits
+    rival = _rival(block, claimed, own, window)
+    inside = torch.isfinite(z_c) & (z_c >= block.loose_floor)
+    margin = torch.minimum((own - rival) * block.temps, window)
+    margin = torch.where(inside, margin, -math.inf)[:, 0]
+    high, low = _logprob_range(block, claimed, z_c)
+    return _Scores(margin.tolist(), low.tolist(), high.tolist(), (2.0 / block.temps[:, 0]).tolist())
 
 
-def _logprob_within(z: Any, allowed: Any, claimed: Any) -> list[float]:
+def _rival(block: _Block, claimed: Any, own: Any, window: Any) -> Any:
+    """Per row, the best perturbed score among the other tokens the strict set allows, wherever it
+    is within `window` logits of the claimed token's (below that, any value under it).
+
+    A token can reach own - window/T only if z + G_max does, so noise is drawn only for those
+    candidates; when they are a large share of the rows (flat distributions), densely for all."""
     import torch
 
-    kept = torch.where(allowed, z, -math.inf)
-    values = (kept - torch.logsumexp(kept, dim=-1, keepdim=True)).gather(-1, claimed)[:, 0]
-    return [float(v) for v in values.tolist()]
+    z = block.z
+    reach = own - window / block.temps - GUMBEL_MAX * block.stochastic - FLOAT_SLACK
+    reach = torch.where(torch.isfinite(own), reach, math.inf)
+    # one comparison: a finite reach (or strict floor) also leaves out suppressed, -inf tokens
+    candidates = z >= torch.maximum(reach, block.strict_floor)
+    candidates.scatter_(-1, claimed, False)
+    count = int(candidates.sum())
+    if count * DENSE_SHARE >= candidates.numel():
+        scores = torch.where(candidates, block.scores(), -math.inf)
+        return scores.max(dim=-1, keepdim=True).values
+    row, token = candidates.nonzero(as_tuple=True)
+    values = z[row, token] + block.noise_at(token, row)
+    best = torch.full((z.shape[0],), -math.inf, dtype=torch.float64, device=block.device)
+    return best.scatter_reduce(0, row, values, reduce="amax")[:, None]
+
+
+def _logprob_range(block: _Block, claimed: Any, z_c: Any) -> tuple[Any, Any]:
+    """The claimed token's logprob over the strict and over the loose set (each with the token
+    itself in it): the highest and lowest an honest worker can have reported. Rows without a
+    filter allow every finite token, so both are the plain log-softmax."""
+    import torch
+
+    z = block.z
+    high = z_c - torch.logsumexp(z, dim=-1, keepdim=True)
+    low = high.clone()
+    on = (block.strict_floor[:, 0] > -math.inf).nonzero()[:, 0]
+    if on.numel():
+        sub, c = z[on], z_c[on]
+        high[on] = c - _set_logsumexp(sub, block.strict_floor[on], c)
+        low[on] = c - _set_logsumexp(sub, block.loose_floor[on], c)
+    return high[:, 0], low[:, 0]
+
+
+def _set_logsumexp(z: Any, floor: Any, z_c: Any) -> Any:
+    """log of the sum of exp(z) over {z >= floor}, plus the claimed token's when it lies below."""
+    import torch
+
+    kept = torch.where(z >= floor, z, -math.inf).logsumexp(dim=-1, keepdim=True)
+    return torch.where(z_c >= floor, kept, torch.logaddexp(kept, z_c))
