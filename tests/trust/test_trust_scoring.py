@@ -56,9 +56,12 @@ def _claims(logits: Any, sampling: list[SamplingParams], positions: list[int], s
     return tokens
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("peaked", [True, False], ids=["peaked", "flat"])
 @pytest.mark.parametrize("eps", [0.00025, 0.3])
-def test_scoring_matches_the_dense_definition(peaked: bool, eps: float) -> None:
+def test_scoring_matches_the_dense_definition(peaked: bool, eps: float, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     n, vocab = 84, 6000
     logits = _logits(n, vocab, peaked, seed=int(eps * 1e5) + peaked)
     sampling = [SamplingParams(seed=1000 + r, max_tokens=64, **SETTINGS[r % len(SETTINGS)]) for r in range(n)]
@@ -74,7 +77,7 @@ def test_scoring_matches_the_dense_definition(peaked: bool, eps: float) -> None:
     for r, ids in enumerate(suppress):
         masked[r, sorted(ids)] = -math.inf
     margin, low, high = dense_scores(masked, sampling, [0] * n, positions, tokens, [eps] * n)
-    got = _score_rows(logits, rows)
+    got = _score_rows(logits.to(device), rows)
     window = max(MARGIN_WINDOW, 4 * eps)
     for r in range(n):
         want = min(margin[r], window)
