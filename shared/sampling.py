@@ -268,16 +268,16 @@ def _sorted_threshold(
     return xp.where(thr_p > thr_k, thr_p, thr_k), settled
 
 
-def allowed_floor(xp: Any, z: Any, ordered: Any, sampling: Sequence[SamplingParams]) -> tuple[Any, Any]:
-    """Per row, the lowest value of z = logits/T the filter allows ([rows, 1] float64) from `ordered`,
-    the row's largest values of z sorted in descending order (all of them, or a prefix), and whether
-    the prefix settled it ([rows, 1] bool; rows it did not settle need more values)."""
-    ops = _Ops(xp, z)
+def allowed_floor(
+    xp: Any, ordered: Any, sampling: Sequence[SamplingParams], vocab: int, total: Any = None
+) -> tuple[Any, Any]:
+    """Per row, the lowest value of z = logits/T the filter allows ([rows, 1] float64), from
+    `ordered`: the row's values of z sorted in descending order, all `vocab` of them or the largest
+    ones. With a prefix, `total` is the row's sum of exp(z - max z) (for top-p without top-k).
+    Also returns whether the values settled the cut ([rows, 1] bool; if not, more are needed)."""
+    ops = _Ops(xp, ordered)
     _, top_k, top_p, _ = _row_params(ops, sampling)
-    total = None
-    if ordered.shape[-1] < z.shape[-1]:
-        total = ops.sum(xp.exp(z - ordered[:, :1]))
-    return _sorted_threshold(ops, ordered, z.shape[-1], top_k, top_p, total)
+    return _sorted_threshold(ops, ordered, vocab, top_k, top_p, total)
 
 
 def _allowed_z(ops: _Ops, logits: Any, sampling: Sequence[SamplingParams]) -> Any:

@@ -262,11 +262,14 @@ def _was_early_end(case: Case, p: int, watch: frozenset[int], wait_start: int) -
     row = case.logits[p : p + 1]
     as_sampled = _score_rows(row, rows).margin[0]
     block = _Block(row, rows)
-    scores = block.scores()
-    ends = torch.zeros_like(block.z, dtype=torch.bool)
+    z = block.z()
+    scores = z + block.noise_at(torch.arange(z.shape[-1], device=block.device)[None, :])
+    ends = torch.zeros_like(z, dtype=torch.bool)
     ends[0, sorted(watch)] = True
-    best_end = float(torch.where(ends & block.loose(), scores, -math.inf).max())
-    best_other = float(torch.where(block.strict() & ~ends, scores, -math.inf).max())
+    finite = torch.isfinite(z)
+    loose, strict = finite & (z >= block.loose_floor), finite & (z >= block.strict_floor)
+    best_end = float(torch.where(ends & loose, scores, -math.inf).max())
+    best_other = float(torch.where(strict & ~ends, scores, -math.inf).max())
     as_replaced = (best_end - best_other) * float(block.temps[0, 0]) if best_end > -math.inf else -math.inf
     return as_replaced > as_sampled
 
@@ -384,9 +387,10 @@ def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
 
 
 class _Block:
-    """Rows to score, in float64: z = logits / T with suppressed ids at -inf (greedy rows: T = 1 and
-    no noise), and the floors of the allowed sets. An honest worker's filter kept every token with
-    z >= strict floor and nothing below the loose floor (see _floors)."""
+    """Rows to score. Full-vocabulary passes read the logits in float32 (`raw`, suppressed ids at
+    -inf); every value a verdict depends on is recomputed in float64 from the float32 logit it
+    comes from (z = logit / T, exactly what the worker's sampler computes), only where it is needed:
+    the claimed token, the candidates, the sorted prefix. Greedy rows have T = 1 and no noise."""
 
     def __init__(self, logits: Any, rows: _Rows) -> None:
         import torch
@@ -397,16 +401,27 @@ class _Block:
         self.temps = torch.tensor([s.temperature or 1.0 for s in rows.sampling], **ops)[:, None]
         self.stochastic = torch.tensor([float(s.temperature > 0.0) for s in rows.sampling], **ops)[:, None]
         self.eps = torch.tensor(rows.eps, **ops)[:, None]
-        self.z = _masked(logits, rows.suppress).div_(self.temps)
-        self.strict_floor, self.loose_floor = _floors(self)
+        self.raw = _masked(logits, rows.suppress)
+        self.on = [
+            k for k, s in enumerate(rows.sampling) if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0)
+        ]
+        self.strict_floor, self.loose_floor, self.prefix = _floors(self)
         seeds = [s.seed for s in rows.sampling]
-        self.keys = noise_keys(torch, self.z, seeds, rows.sample_indices, rows.positions)
+        self.keys = noise_keys(torch, self.temps, seeds, rows.sample_indices, rows.positions)
 
-    def strict(self) -> Any:
-        return self.z.isfinite() & (self.z >= self.strict_floor)
+    def z(self, index: Any = None) -> Any:
+        """float64 z of whole rows (all, or those in `index`)."""
+        import torch
 
-    def loose(self) -> Any:
-        return self.z.isfinite() & (self.z >= self.loose_floor)
+        if index is None:
+            return self.raw.to(torch.float64) / self.temps
+        return self.raw[index].to(torch.float64) / self.temps[index]
+
+    def z_at(self, rows: Any, token_ids: Any) -> Any:
+        """float64 z at (row, token) pairs: arrays of equal shape."""
+        import torch
+
+        return self.raw[rows, token_ids].to(torch.float64) / self.temps[rows, 0]
 
     def noise_at(self, token_ids: Any, rows: Any = None) -> Any:
         """G at `token_ids` for each row (or for the rows `rows` names, one per id); 0 on greedy rows."""
@@ -417,27 +432,28 @@ class _Block:
             k1, k2, on = k1[rows, 0], k2[rows, 0], on[rows, 0]
         return gumbel_at(torch, k1, k2, token_ids) * on
 
-    def scores(self) -> Any:
-        """Dense perturbed scores z + G over the whole vocabulary."""
-        import torch
 
-        vocab = torch.arange(self.z.shape[-1], dtype=torch.int64, device=self.device)[None, :]
-        return self.z + self.noise_at(vocab)
+def _filters(sampling: SamplingParams) -> bool:
+    return sampling.top_k > 0 or sampling.top_p < 1.0
 
 
 def _masked(logits: Any, suppress: Sequence[frozenset[int]]) -> Any:
-    """float64 copy of the rows with each row's suppressed ids at -inf."""
+    """The rows in float32 (a copy only where ids are suppressed or the dtype differs), with each
+    row's suppressed ids at -inf. float32 holds every logit a float32 or bfloat16 model produces."""
     import torch
 
-    rows = logits.to(torch.float64, copy=True)
+    if not any(suppress):
+        return logits.to(torch.float32)
+    rows = logits.to(torch.float32, copy=True)
     for k, ids in enumerate(suppress):
         if ids:
             rows[k, sorted(ids)] = -math.inf
     return rows
 
 
-def _floors(block: _Block) -> tuple[Any, Any]:
-    """Per row, the strict and loose floors of the allowed set, in z units ([rows, 1]).
+def _floors(block: _Block) -> tuple[Any, Any, Any]:
+    """Per row, the strict and loose floors of the allowed set in z units ([rows, 1] float64), and
+    the filtered rows' largest values of z, sorted (None when no row filters).
 
     Logit noise up to eps moves each z by eps/T, and each probability by a factor within
     exp(2 eps/T), so the mass before a token (top-p) by less than expm1(2 eps/T). Strict: the
@@ -447,47 +463,53 @@ def _floors(block: _Block) -> tuple[Any, Any]:
     """
     import torch
 
-    rows, z = block.rows, block.z
-    n = z.shape[0]
+    rows, n = block.rows, len(block.rows.sampling)
     strict = torch.full((n, 1), -math.inf, dtype=torch.float64, device=block.device)
     loose = strict.clone()
-    on = [k for k, s in enumerate(rows.sampling) if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0)]
-    if not on:
-        return strict, loose
-    index = torch.tensor(on, device=block.device)
-    sub = z[index]
+    if not block.on:
+        return strict, loose, None
+    index = torch.tensor(block.on, device=block.device)
     shift = 2 * block.eps[index] / block.temps[index]
     wide, narrow = [], []
     bounds: dict[tuple[int, float], tuple[SamplingParams, SamplingParams]] = {}
-    for k, margin in zip(on, shift[:, 0].tolist(), strict=True):
+    for k, margin in zip(block.on, shift[:, 0].tolist(), strict=True):
         key = (id(rows.sampling[k]), margin)  # rows of one trace share one settings object
         pair = bounds.get(key)
         if pair is None:  # build each pair once per trace, not per row
             pair = bounds[key] = _top_p_bounds(rows.sampling[k], margin)
         wide.append(pair[0])
         narrow.append(pair[1])
-    ordered = _sorted_prefix(sub, max(s.top_k for s in wide))
-    floor_wide, settled_wide = allowed_floor(torch, sub, ordered, wide)
-    floor_narrow, settled_narrow = allowed_floor(torch, sub, ordered, narrow)
-    if not bool((settled_wide & settled_narrow).all()):  # a cut beyond the prefix: sort whole rows
-        ordered = torch.sort(sub, dim=-1, descending=True).values
-        floor_wide, _ = allowed_floor(torch, sub, ordered, wide)
-        floor_narrow, _ = allowed_floor(torch, sub, ordered, narrow)
+    sub = block.raw[index]
+    ordered = _sorted_prefix(sub, max(s.top_k for s in wide)).to(torch.float64) / block.temps[index]
+    total = None
+    if ordered.shape[-1] < sub.shape[-1]:  # the whole row's mass, for top-p cuts within the prefix
+        scaled = sub / block.temps[index].to(torch.float32)
+        total = (
+            torch.exp(scaled - ordered[:, :1].to(torch.float32)).sum(dim=-1, keepdim=True).to(torch.float64)
+        )
+    floor_wide, settled_wide = allowed_floor(torch, ordered, wide, sub.shape[-1], total)
+    floor_narrow, settled_narrow = allowed_floor(torch, ordered, narrow, sub.shape[-1], total)
+    unsettled = (~(settled_wide & settled_narrow))[:, 0].nonzero()[:, 0]
+    if unsettled.numel():  # a cut beyond the prefix: sort those rows whole
+        whole = torch.sort(block.z(index[unsettled]), dim=-1, descending=True).values
+        again = [int(k) for k in unsettled.tolist()]
+        floor_wide[unsettled] = allowed_floor(torch, whole, [wide[k] for k in again], whole.shape[-1])[0]
+        floor_narrow[unsettled] = allowed_floor(torch, whole, [narrow[k] for k in again], whole.shape[-1])[0]
     loose[index] = floor_wide - shift
-    strict[index] = torch.minimum(floor_narrow, sub.max(dim=-1, keepdim=True).values)
-    return strict, loose
+    strict[index] = torch.minimum(floor_narrow, ordered[:, :1])
+    return strict, loose, ordered
 
 
-def _sorted_prefix(z: Any, top_k: int) -> Any:
+def _sorted_prefix(raw: Any, top_k: int) -> Any:
     """The largest values of each row in descending order: enough for most top-k/top-p cuts, a
     fraction of the cost of sorting a large vocabulary (_floors sorts whole rows when it is not)."""
     import torch
 
-    vocab = z.shape[-1]
+    vocab = raw.shape[-1]
     size = max(SORTED_PREFIX, 2 * top_k + 1)
     if size * 4 >= vocab:
-        return torch.sort(z, dim=-1, descending=True).values
-    return torch.topk(z, size, dim=-1, sorted=True).values
+        return torch.sort(raw, dim=-1, descending=True).values
+    return torch.topk(raw, size, dim=-1, sorted=True).values
 
 
 def _top_p_bounds(sampling: SamplingParams, shift: float) -> tuple[SamplingParams, SamplingParams]:
@@ -503,17 +525,20 @@ def _score_rows(logits: Any, rows: _Rows) -> _Scores:
     import torch
 
     block = _Block(logits, rows)
-    z = block.z
-    claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=block.device)[:, None]
-    z_c = z.gather(-1, claimed)
-    own = z_c + block.noise_at(claimed)
+    n = len(rows.tokens)
+    every = torch.arange(n, device=block.device)
+    claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=block.device)
+    z_c = block.z_at(every, claimed)[:, None]
+    own = z_c + block.noise_at(claimed[:, None])
     window = torch.clamp(4 * block.eps, min=MARGIN_WINDOW)  # margins are exact up to this many logits
-    rival = _rival(block, claimed, own, window)
+    rival = _rival(block, claimed[:, None], own, window)
     inside = torch.isfinite(z_c) & (z_c >= block.loose_floor)
     margin = torch.minimum((own - rival) * block.temps, window)
     margin = torch.where(inside, margin, -math.inf)[:, 0]
-    high, low = _logprob_range(block, claimed, z_c)
-    return _Scores(margin.tolist(), low.tolist(), high.tolist(), (2.0 / block.temps[:, 0]).tolist())
+    high, low = _logprob_range(block, z_c)
+    slack = 2.0 / block.temps[:, 0]
+    table = torch.stack([margin, low, high, slack]).cpu().tolist()  # one copy to the host per chunk
+    return _Scores(*table)
 
 
 def _rival(block: _Block, claimed: Any, own: Any, window: Any) -> Any:
@@ -521,39 +546,52 @@ def _rival(block: _Block, claimed: Any, own: Any, window: Any) -> Any:
     is within `window` logits of the claimed token's (below that, any value under it).
 
     A token can reach own - window/T only if z + G_max does, so noise is drawn only for those
-    candidates; when they are a large share of the rows (flat distributions), densely for all."""
+    candidates; when they are a large share of the rows (flat distributions), densely for all.
+    Candidates are picked on float32 logits with room to spare, then scored in float64."""
     import torch
 
-    z = block.z
-    reach = own - window / block.temps - GUMBEL_MAX * block.stochastic - FLOAT_SLACK
+    reach = own - window / block.temps - GUMBEL_MAX * block.stochastic
     reach = torch.where(torch.isfinite(own), reach, math.inf)
-    # one comparison: a finite reach (or strict floor) also leaves out suppressed, -inf tokens
-    candidates = z >= torch.maximum(reach, block.strict_floor)
+    # one comparison on raw logits (T > 0); a finite floor also leaves out -inf (suppressed) tokens
+    bar = (torch.maximum(reach, block.strict_floor) * block.temps).to(torch.float32)
+    candidates = block.raw >= bar - (bar.abs() * 1e-6 + 1e-6)
     candidates.scatter_(-1, claimed, False)
-    count = int(candidates.sum())
-    if count * DENSE_SHARE >= candidates.numel():
-        scores = torch.where(candidates, block.scores(), -math.inf)
+    counts = candidates.sum(dim=-1)
+    if int(counts.sum()) * DENSE_SHARE >= candidates.numel():
+        vocab = torch.arange(block.raw.shape[-1], dtype=torch.int64, device=block.device)[None, :]
+        z = block.z()
+        scores = torch.where(candidates & (z >= block.strict_floor), z + block.noise_at(vocab), -math.inf)
         return scores.max(dim=-1, keepdim=True).values
     row, token = candidates.nonzero(as_tuple=True)
-    values = z[row, token] + block.noise_at(token, row)
-    best = torch.full((z.shape[0],), -math.inf, dtype=torch.float64, device=block.device)
-    return best.scatter_reduce(0, row, values, reduce="amax")[:, None]
+    values = block.z_at(row, token)
+    values = torch.where(values >= block.strict_floor[row, 0], values + block.noise_at(token, row), -math.inf)
+    best = torch.segment_reduce(values, "max", lengths=counts, unsafe=True, initial=-math.inf)
+    return best[:, None]
 
 
-def _logprob_range(block: _Block, claimed: Any, z_c: Any) -> tuple[Any, Any]:
+def _logprob_range(block: _Block, z_c: Any) -> tuple[Any, Any]:
     """The claimed token's logprob over the strict and over the loose set (each with the token
     itself in it): the highest and lowest an honest worker can have reported. Rows without a
-    filter allow every finite token, so both are the plain log-softmax."""
+    filter allow every finite token: both are the log-softmax (its log-sum-exp in float32, whose
+    error, about 1e-6, is far below the smallest allowance). Filtered rows sum over the sorted
+    prefix when it holds the whole loose set, else over the whole row."""
     import torch
 
-    z = block.z
-    high = z_c - torch.logsumexp(z, dim=-1, keepdim=True)
+    scaled = block.raw / block.temps.to(torch.float32)
+    high = z_c - torch.logsumexp(scaled, dim=-1, keepdim=True).to(torch.float64)
     low = high.clone()
-    on = (block.strict_floor[:, 0] > -math.inf).nonzero()[:, 0]
-    if on.numel():
-        sub, c = z[on], z_c[on]
-        high[on] = c - _set_logsumexp(sub, block.strict_floor[on], c)
-        low[on] = c - _set_logsumexp(sub, block.loose_floor[on], c)
+    if block.prefix is None:
+        return high[:, 0], low[:, 0]
+    index = torch.tensor(block.on, device=block.device)
+    values, c = block.prefix, z_c[index]
+    strict, loose = block.strict_floor[index], block.loose_floor[index]
+    outside = (values[:, -1:] >= loose)[:, 0].nonzero()[:, 0]
+    high[index] = c - _set_logsumexp(values, strict, c)
+    low[index] = c - _set_logsumexp(values, loose, c)
+    if outside.numel():  # the loose set runs past the prefix: these rows whole
+        rows, whole = index[outside], block.z(index[outside])
+        high[rows] = c[outside] - _set_logsumexp(whole, strict[outside], c[outside])
+        low[rows] = c[outside] - _set_logsumexp(whole, loose[outside], c[outside])
     return high[:, 0], low[:, 0]
 
 

@@ -82,7 +82,8 @@ def test_scoring_matches_the_dense_definition(peaked: bool, eps: float, device: 
     for r in range(n):
         want = min(margin[r], window)
         assert got.margin[r] == pytest.approx(want, abs=1e-9), (r, sampling[r])
-        assert got.low[r] == pytest.approx(low[r], abs=1e-9), (r, sampling[r])
-        assert got.high[r] == pytest.approx(high[r], abs=1e-9), (r, sampling[r])
+        # logprob ranges: a float32 log-sum-exp over the vocabulary, off by about 1e-6 at most
+        assert got.low[r] == pytest.approx(low[r], abs=2e-6), (r, sampling[r])
+        assert got.high[r] == pytest.approx(high[r], abs=2e-6), (r, sampling[r])
     # the rows really cover both outcomes: claims that pass and claims that fail
     assert any(m >= -2 * eps for m in got.margin) and any(m < -2 * eps for m in got.margin)
