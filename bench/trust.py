@@ -169,6 +169,7 @@ class Checked:
     validate_s: float
     generate_s: float
     reason: str
+    prefill_s: float = 0.0
 
 
 def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int = 256) -> list[Checked]:
@@ -187,7 +188,11 @@ def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int
         for record, result in zip(part, validate(validator, claims), strict=True):
             o = result.outcome
             seconds = (result.seconds, record.generate_s)
-            out.append(Checked(record.source, o.passed, o.needed, o.tolerance, *seconds, o.reason))
+            out.append(
+                Checked(
+                    record.source, o.passed, o.needed, o.tolerance, *seconds, o.reason, result.prefill_seconds
+                )
+            )
     _sync(device)
     return out
 
@@ -219,6 +224,14 @@ def _cost(rows: Sequence[Checked]) -> float:
     return sum(r.validate_s for r in rows) / max(sum(r.generate_s for r in rows), 1e-12)
 
 
+def _split(rows: Sequence[Checked]) -> str:
+    """Validation cost as prefill + scoring, each over generation time."""
+    generated = max(sum(r.generate_s for r in rows), 1e-12)
+    prefill = sum(r.prefill_s for r in rows) / generated
+    scoring = sum(r.validate_s - r.prefill_s for r in rows) / generated
+    return f"prefill 1/{1 / max(prefill, 1e-12):.1f} + scoring 1/{1 / max(scoring, 1e-12):.1f}"
+
+
 def report_checks(checked: Sequence[Checked], device: str, dtype: str) -> None:
     """Per source: false positives, the largest tolerance needed and the headroom the policy leaves,
     and validation cost next to generation cost where both ran on the same kind of device."""
@@ -234,8 +247,10 @@ def report_checks(checked: Sequence[Checked], device: str, dtype: str) -> None:
         tol = min(r.tolerance for r in rows)
         flagged = sum(not r.passed for r in rows)
         headroom = tol / worst if worst > 0 else math.inf
-        cost = "1/" + format(1 / _cost(rows), ".1f") if source.split()[0] == kind else "(other device)"
+        same_kind = source.split()[0] == kind
+        cost = "1/" + format(1 / _cost(rows), ".1f") if same_kind else "(other device)"
         figures = f"{len(rows):>7} {flagged:>8} {worst:>11.4g} {tol:>10.4g} {headroom:>8.1f}x {cost:>18}"
+        figures += f"  ({_split(rows)})" if same_kind else ""
         print(f"{source:<28} {figures}")
     for r in [c for c in checked if not c.passed][:10]:
         print(f"  flagged ({r.source}): {r.reason}")

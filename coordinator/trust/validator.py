@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from coordinator.trust.models_cache import Scorer
 from coordinator.trust.policy import tolerance
@@ -29,6 +30,7 @@ class Submitted:
 class Checked:
     outcome: Outcome
     seconds: float  # this trace's share of the prefill plus its own re-scoring
+    prefill_seconds: float = 0.0  # of which the prefill
 
 
 def rules_for(scorer: Scorer, spec: JobSpec, prompt_tokens: int) -> JobRules:
@@ -62,6 +64,8 @@ def validate(
     fits = [i for i, t in enumerate(traces) if len(t.tokens) <= rules[i].limit]
     started = time.perf_counter()
     logits = scorer.completion_logits([prompts[i] for i in fits], [list(traces[i].tokens) for i in fits])
+    _wait_for(logits)  # scoring would wait for the prefill anyway; this only lets it be timed apart
+    prefilled = time.perf_counter() - started
     allowed = [eps if eps is not None else tolerance(t.worker_dtype, scorer.dtype, noise) for t in traces]
     cases = [
         Case(row, rules[i], Claim(traces[i].tokens, traces[i].logprobs, traces[i].finish_reason), allowed[i])
@@ -73,9 +77,18 @@ def validate(
     sizes = [len(p) + len(t.tokens) for p, t in zip(prompts, traces, strict=True)]
     total = sum(sizes[i] for i in fits) or 1
     return [
-        Checked(outcome, elapsed * sizes[i] / total if i in scored else 0.0)
+        Checked(outcome, elapsed * sizes[i] / total, prefilled * sizes[i] / total)
+        if i in scored
+        else Checked(outcome, 0.0)
         for i, outcome in enumerate(outcomes)
     ]
+
+
+def _wait_for(logits: Sequence[Any]) -> None:
+    if logits and getattr(logits[0], "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize(logits[0].device)
 
 
 def _finish(
