@@ -23,6 +23,8 @@ SETTINGS: list[dict[str, Any]] = [
     {"temperature": 1.3, "top_p": 0.95, "top_k": 20},
     {"temperature": 1.0, "top_p": 0.999},
     {"temperature": 0.5, "top_k": 700},
+    {"temperature": 0.05, "top_k": 50},
+    {"temperature": 2.0, "top_p": 0.5},
 ]
 
 
