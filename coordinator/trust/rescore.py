@@ -402,9 +402,8 @@ class _Block:
         self.stochastic = torch.tensor([float(s.temperature > 0.0) for s in rows.sampling], **ops)[:, None]
         self.eps = torch.tensor(rows.eps, **ops)[:, None]
         self.raw = _masked(logits, rows.suppress)
-        self.on = [
-            k for k, s in enumerate(rows.sampling) if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0)
-        ]
+        self.scaled = self.raw / self.temps.to(torch.float32)  # z in float32, for the full-row sums
+        self.on = [k for k, s in enumerate(rows.sampling) if s.temperature > 0 and _filters(s)]
         self.strict_floor, self.loose_floor, self.prefix = _floors(self)
         seeds = [s.seed for s in rows.sampling]
         self.keys = noise_keys(torch, self.temps, seeds, rows.sample_indices, rows.positions)
@@ -483,10 +482,8 @@ def _floors(block: _Block) -> tuple[Any, Any, Any]:
     ordered = _sorted_prefix(sub, max(s.top_k for s in wide)).to(torch.float64) / block.temps[index]
     total = None
     if ordered.shape[-1] < sub.shape[-1]:  # the whole row's mass, for top-p cuts within the prefix
-        scaled = sub / block.temps[index].to(torch.float32)
-        total = (
-            torch.exp(scaled - ordered[:, :1].to(torch.float32)).sum(dim=-1, keepdim=True).to(torch.float64)
-        )
+        peak = ordered[:, :1].to(torch.float32)
+        total = torch.exp(block.scaled[index] - peak).sum(dim=-1, keepdim=True).to(torch.float64)
     floor_wide, settled_wide = allowed_floor(torch, ordered, wide, sub.shape[-1], total)
     floor_narrow, settled_narrow = allowed_floor(torch, ordered, narrow, sub.shape[-1], total)
     unsettled = (~(settled_wide & settled_narrow))[:, 0].nonzero()[:, 0]
@@ -577,8 +574,7 @@ def _logprob_range(block: _Block, z_c: Any) -> tuple[Any, Any]:
     prefix when it holds the whole loose set, else over the whole row."""
     import torch
 
-    scaled = block.raw / block.temps.to(torch.float32)
-    high = z_c - torch.logsumexp(scaled, dim=-1, keepdim=True).to(torch.float64)
+    high = z_c - torch.logsumexp(block.scaled, dim=-1, keepdim=True).to(torch.float64)
     low = high.clone()
     if block.prefix is None:
         return high[:, 0], low[:, 0]
