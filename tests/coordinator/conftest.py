@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from coordinator.app import create_app
@@ -48,14 +50,23 @@ def settings(database_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-def api(settings: Settings) -> Iterator[Api]:
+@contextmanager
+def serve(settings: Settings, wrap: Callable[[FastAPI], FastAPI] = lambda app: app) -> Iterator[Api]:
+    """A migrated coordinator over TestClient (its app passed through `wrap`) with an operator and
+    a researcher token."""
     migrate(settings)
     runtime = build_runtime(settings)
+    set_runtime(runtime)  # tasks on the in-process queue look the runtime up
     with transaction(runtime.sessions) as session:
         _, op = workers.create(session, "op", Scope.operator)
         _, rs = workers.create(session, "rs", Scope.researcher)
-    with TestClient(create_app(settings, runtime)) as client:
+    with TestClient(wrap(create_app(settings, runtime))) as client:
         yield Api(client, runtime, {"Authorization": f"Bearer {op}"}, {"Authorization": f"Bearer {rs}"})
     runtime.close()
     set_runtime(None)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    with serve(settings) as served:
+        yield served

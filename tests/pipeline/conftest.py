@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from coordinator.app import create_app
 from coordinator.config import Settings
-from coordinator.db import migrate, transaction
 from coordinator.pipeline.endpoints import router as pipeline_router
-from coordinator.runtime import build_runtime, set_runtime
-from coordinator.workers import service as workers
-from shared.protocol import API_PREFIX, Scope
-from tests.coordinator.conftest import Api, make_settings
+from shared.protocol import API_PREFIX
+from tests.coordinator.conftest import Api, make_settings, serve
 
 
 def with_pipeline(app: FastAPI) -> FastAPI:
@@ -51,13 +46,5 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    migrate(settings)
-    runtime = build_runtime(settings)
-    set_runtime(runtime)  # tasks run on the in-process queue and look the runtime up
-    with transaction(runtime.sessions) as session:
-        _, op = workers.create(session, "op", Scope.operator)
-        _, rs = workers.create(session, "rs", Scope.researcher)
-    with TestClient(with_pipeline(create_app(settings, runtime))) as client:
-        yield Api(client, runtime, {"Authorization": f"Bearer {op}"}, {"Authorization": f"Bearer {rs}"})
-    runtime.close()
-    set_runtime(None)
+    with serve(settings, with_pipeline) as served:
+        yield served

@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
 
-from coordinator.app import create_app
-from coordinator.db import migrate, transaction
-from coordinator.runtime import build_runtime, set_runtime
 from coordinator.trust.models_cache import Scorer, scorer
-from coordinator.workers import service as workers
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
-from shared.protocol import Scope
-from tests.coordinator.conftest import Api, make_settings
+from tests.coordinator.conftest import Api, make_settings, serve
 from worker.engines.hf import TransformersEngine
 
 pytestmark = pytest.mark.skipif(
@@ -59,12 +53,5 @@ def trust_api(database_url: str) -> Iterator[Api]:
         max_in_flight_per_worker=64,
         max_request_bytes=1_000_000,
     )
-    migrate(settings)
-    runtime = build_runtime(settings)
-    with transaction(runtime.sessions) as session:
-        _, op = workers.create(session, "op", Scope.operator)
-        _, rs = workers.create(session, "rs", Scope.researcher)
-    with TestClient(create_app(settings, runtime)) as client:
-        yield Api(client, runtime, {"Authorization": f"Bearer {op}"}, {"Authorization": f"Bearer {rs}"})
-    runtime.close()
-    set_runtime(None)
+    with serve(settings) as served:
+        yield served
