@@ -29,7 +29,6 @@ import math
 import os
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import orjson
 import psycopg
 from sqlalchemy.engine import make_url
 
+from bench.net import free_port
 from shared.protocol import API_PREFIX, PROTOCOL_HEADER, PROTOCOL_VERSION, Routes
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1/postgres"
@@ -210,13 +210,6 @@ def analyze(database_url: str) -> None:
 
 
 # --------------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(base: dict[str, str], config: Config, database_url: str, queue: str) -> dict[str, str]:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,8 +35,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as a script, bench/ is not a package on the path
     sys.path.insert(0, str(ROOT))
+
+from bench.net import free_port  # noqa: E402
 
 TINY = "flywheel/tiny-arith"
 PART_BYTES = 15 * 1024 * 1024
@@ -104,12 +105,6 @@ def serve(port: int) -> None:
     if API_PREFIX + "/pipeline/jobs" not in {getattr(r, "path", "") for r in app.routes}:
         app.include_router(router, prefix=API_PREFIX)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

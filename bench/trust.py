@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.net import free_port
 from shared.assets import TINY_MODEL_NAME
 from shared.protocol import (
     API_PREFIX,
@@ -552,7 +552,7 @@ class Server:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {
             **{
                 k: v
@@ -598,12 +598,6 @@ class Server:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Client:

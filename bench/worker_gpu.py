@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -147,12 +148,6 @@ def build_model(folder: Path, size: str, device: str) -> Path:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(cfg: Config) -> dict[str, str]:
