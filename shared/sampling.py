@@ -241,12 +241,10 @@ def _threshold(ops: _Ops, z: Any, top_k: Any, top_p: Any) -> Any:
 
 def _sorted_threshold(
     ops: _Ops, ordered: Any, vocab: int, top_k: Any, top_p: Any, total: Any = None
-) -> tuple[Any, Any]:
-    """`_threshold` from the row's values sorted in descending order, or from the largest of them.
-
-    With a prefix of the sorted values, `total` is the sum of exp(z - max) over the whole row
-    (needed only by rows without top-k). Also returns per row whether the prefix settled the cut:
-    the kept set ended inside it (top-k) and the top-p cut fell before its last value."""
+) -> tuple[Any, Any, Any]:
+    """`_threshold` from the row's values sorted in descending order, or from the largest of them
+    (then `total` is the sum of exp(z - max) over the whole row, needed by rows without top-k).
+    Also returns how many values the top-p cut kept and the top-k threshold (see allowed_floor)."""
     xp = ops.xp
     neg_inf = ops.f64(-math.inf)
     use_k = (top_k > 0) & (top_k < vocab)
@@ -262,10 +260,7 @@ def _sorted_threshold(
     count = ops.sum((before < top_p) & (kept > neg_inf))
     # count >= 1: the top token always has zero mass before it
     thr_p = xp.where(top_p < 1.0, ops.take(ordered, count - 1), neg_inf)
-    whole = ordered.shape[-1] >= vocab
-    settled = (count <= last) | (top_p >= 1.0)
-    settled = settled & xp.where(use_k, (top_k <= last) & (ordered[:, -1:] < thr_k), True) | whole
-    return xp.where(thr_p > thr_k, thr_p, thr_k), settled
+    return xp.where(thr_p > thr_k, thr_p, thr_k), count, thr_k
 
 
 def allowed_floor(
@@ -274,10 +269,17 @@ def allowed_floor(
     """Per row, the lowest value of z = logits/T the filter allows ([rows, 1] float64), from
     `ordered`: the row's values of z sorted in descending order, all `vocab` of them or the largest
     ones. With a prefix, `total` is the row's sum of exp(z - max z) (for top-p without top-k).
-    Also returns whether the values settled the cut ([rows, 1] bool; if not, more are needed)."""
+    Also returns whether the values settled the cut ([rows, 1] bool; if not, more are needed):
+    the top-k kept set ended inside them and the top-p cut fell before the last of them."""
     ops = _Ops(xp, ordered)
     _, top_k, top_p, _ = _row_params(ops, sampling)
-    return _sorted_threshold(ops, ordered, vocab, top_k, top_p, total)
+    floor, count, thr_k = _sorted_threshold(ops, ordered, vocab, top_k, top_p, total)
+    last = ordered.shape[-1] - 1
+    if last + 1 >= vocab:
+        return floor, count > 0  # every value is there: settled (count is at least 1)
+    use_k = (top_k > 0) & (top_k < vocab)
+    settled = ((count <= last) | (top_p >= 1.0)) & xp.where(use_k, ordered[:, -1:] < thr_k, True)
+    return floor, settled
 
 
 def _allowed_z(ops: _Ops, logits: Any, sampling: Sequence[SamplingParams]) -> Any:

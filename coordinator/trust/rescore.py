@@ -259,9 +259,8 @@ def _was_early_end(case: Case, p: int, watch: frozenset[int], wait_start: int) -
 
     rows = _Rows()
     rows.add(case.rules, p, wait_start, frozenset(), case.eps)
-    row = case.logits[p : p + 1]
-    as_sampled = _score_rows(row, rows).margin[0]
-    block = _Block(row, rows)
+    block = _Block(case.logits[p : p + 1], rows)
+    as_sampled = _score_block(block).margin[0]
     z = block.z()
     scores = z + block.noise_at(torch.arange(z.shape[-1], device=block.device)[None, :])
     ends = torch.zeros_like(z, dtype=torch.bool)
@@ -519,9 +518,13 @@ def _top_p_bounds(sampling: SamplingParams, shift: float) -> tuple[SamplingParam
 
 def _score_rows(logits: Any, rows: _Rows) -> _Scores:
     """Margins and honest logprob ranges of the claimed tokens at sampled rows."""
+    return _score_block(_Block(logits, rows))
+
+
+def _score_block(block: _Block) -> _Scores:
     import torch
 
-    block = _Block(logits, rows)
+    rows = block.rows
     n = len(rows.tokens)
     every = torch.arange(n, device=block.device)
     claimed = torch.tensor(rows.tokens, dtype=torch.int64, device=block.device)
