@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import ipaddress
 import logging
 import random
 import threading
@@ -42,12 +43,58 @@ from worker.errors import (
     CoordinatorError,
     ProtocolMismatch,
     RejectedError,
+    ResponseTooLarge,
     TransientError,
 )
 
 log = logging.getLogger("flywheel.worker.client")
 Model = TypeVar("Model", bound=BaseModel)
 PROTOCOL_CODES = {"protocol_mismatch", "unsupported_protocol", "protocol_version"}
+# The most of a body the worker reads. An error needs its code and message only; the largest
+# answer is a lease grant of MAX_BATCH jobs, and 64 MiB is 256 KiB of prompt per job.
+ERROR_BODY_LIMIT = 64 * 1024
+RESPONSE_LIMIT = 64 * 1024 * 1024
+_warned_plaintext: set[str] = set()
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that never leave the machine."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_plaintext(base_url: str) -> bool:
+    """Warn (once per URL and process) when tokens would cross a network in clear; True if it did."""
+    url = urllib.parse.urlsplit(base_url)
+    if url.scheme != "http" or is_loopback(url.hostname or "") or base_url in _warned_plaintext:
+        return False
+    _warned_plaintext.add(base_url)
+    log.warning(
+        "the coordinator URL %s is plain http to another host: the worker token and every trace "
+        "travel unencrypted and can be read or altered on the way; use https://",
+        base_url,
+    )
+    return True
+
+
+def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of a streamed body (the rest is never read); True when it held more."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -64,14 +111,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def error_from_response(response: httpx.Response) -> CoordinatorError:
-    """Map an error response (the one `ErrorBody` shape, or anything else) to a typed exception."""
+def error_from_response(response: httpx.Response, body: bytes) -> CoordinatorError:
+    """Map an error response (the one `ErrorBody` shape, or anything else) to a typed exception;
+    `body` is what was read of it (at most ERROR_BODY_LIMIT bytes)."""
     status = response.status_code
     try:
-        info = ErrorBody.model_validate_json(response.content).error
-        code, message, details = info.code, info.message, info.details
+        info = ErrorBody.model_validate_json(body).error
+        code, message, details = info.code, info.message[:500], info.details
     except ValidationError:
-        code, message, details = f"http_{status}", response.text[:500] or response.reason_phrase, None
+        text = body[:500].decode("utf-8", "replace")
+        code, message, details = f"http_{status}", text or response.reason_phrase, None
     text = f"{response.request.method} {response.request.url.path}: {status} {code}: {message}"
     kind: type[CoordinatorError]
     if code in PROTOCOL_CODES or status == 426:
@@ -107,6 +156,7 @@ class CoordinatorClient:
         self.retry = retry or RetryPolicy()
         self.stop = stop or threading.Event()
         self._root = base_url.rstrip("/")
+        warn_if_plaintext(self._root)
         self._http = httpx.Client(
             base_url=self._root + API_PREFIX, headers=headers, timeout=timeout_s, transport=transport
         )
@@ -186,8 +236,7 @@ class CoordinatorClient:
         try:
             with self._http.stream("GET", self._root + path, headers=headers) as response:
                 if not response.is_success:
-                    response.read()
-                    raise error_from_response(response)
+                    raise error_from_response(response, read_capped(response, ERROR_BODY_LIMIT)[0])
                 yield response
         except httpx.TransportError as exc:
             raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
@@ -195,28 +244,45 @@ class CoordinatorClient:
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, method: str, path: str, body: BaseModel | None, out: type[Model]) -> Model:
-        response = self._send_with_retries(method, path, body)
+        status, content = self._send_with_retries(method, path, body)
         try:
-            return out.model_validate_json(response.content)
+            return out.model_validate_json(content)
         except ValidationError as exc:
             raise RejectedError(
-                f"{method} {path}: unexpected response body: {exc.errors()[:3]}", status=response.status_code
+                f"{method} {path}: unexpected response body: {exc.errors()[:3]}", status=status
             ) from exc
 
-    def _send_with_retries(self, method: str, path: str, body: BaseModel | None) -> httpx.Response:
-        content = body.model_dump_json().encode() if body is not None else None
+    def _exchange(self, method: str, path: str, content: bytes | None) -> tuple[httpx.Response, bytes]:
+        """One request; the body is streamed and read only up to its limit, so a coordinator (or
+        anything posing as one) cannot make the worker buffer an endless answer."""
         headers = {"Content-Type": "application/json"} if content is not None else {}
+        request = self._http.build_request(method, path, content=content, headers=headers)
+        response = self._http.send(request, stream=True)
+        try:
+            limit = RESPONSE_LIMIT if response.is_success else ERROR_BODY_LIMIT
+            body, cut = read_capped(response, limit)
+        finally:
+            response.close()
+        if cut and response.is_success:
+            raise ResponseTooLarge(
+                f"{method} {path}: the answer is larger than {RESPONSE_LIMIT} bytes; not read",
+                status=response.status_code,
+            )
+        return response, body
+
+    def _send_with_retries(self, method: str, path: str, body: BaseModel | None) -> tuple[int, bytes]:
+        content = body.model_dump_json().encode() if body is not None else None
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
             try:
-                response = self._http.request(method, path, content=content, headers=headers)
+                response, answer = self._exchange(method, path, content)
             except httpx.TransportError as exc:
                 error: CoordinatorError = TransientError(f"{method} {path}: {type(exc).__name__}: {exc}")
                 wait = None
             else:
                 if response.is_success:
-                    return response
-                error = error_from_response(response)
+                    return response.status_code, answer
+                error = error_from_response(response, answer)
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             if not isinstance(error, TransientError) or last:
                 raise error

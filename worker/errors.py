@@ -83,3 +83,10 @@ class TransientError(CoordinatorError):
     """Network failure, 5xx or 429 that outlived the retries: worth trying again later."""
 
     code = "transient"
+
+
+class ResponseTooLarge(TransientError):
+    """An answer over the worker's size limit, left unread. Not retried at once (it would come
+    back as large), but transient to its callers: results stay in the spool, leasing tries later."""
+
+    code = "response_too_large"

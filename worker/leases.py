@@ -1,7 +1,10 @@
 """Leases the daemon holds, the local queue of leased jobs, and the heartbeat that keeps them.
 
 A lease is *held* from the moment it is granted until its result is acknowledged, it is given
-back (released), or the coordinator reports it lost. `LeaseBook.room()` is what the prefetcher
+back (released), or the coordinator reports it lost. A held lease is *finished* once its result is in
+the spool: the coordinator ends such a lease itself when it takes the result, so a heartbeat that
+crossed the submission on the wire reports it "lost" though nothing is - only the result's ack
+decides its fate. `LeaseBook.room()` is what the prefetcher
 may still lease under `--max-leases`, so the number held never exceeds the cap.
 """
 
@@ -31,6 +34,7 @@ class LeaseBook:
         self.on_room = on_room
         self.peak = 0
         self._held: set[uuid.UUID] = set()
+        self._finished: set[uuid.UUID] = set()  # held, with the result in the spool
         self._lost: set[uuid.UUID] = set()
         self._lock = threading.Lock()
 
@@ -51,10 +55,20 @@ class LeaseBook:
             self._held.update(lease_ids)
             self.peak = max(self.peak, len(self._held))
 
+    def finish(self, lease_ids: Iterable[uuid.UUID]) -> None:
+        """Their results are in the spool: held until acknowledged, whatever a heartbeat says."""
+        with self._lock:
+            ids = set(lease_ids)
+            self._held.update(ids)
+            self._finished.update(ids)
+            self.peak = max(self.peak, len(self._held))
+
     def drop(self, lease_ids: Iterable[uuid.UUID]) -> None:
+        ids = set(lease_ids)
         with self._lock:
             before = len(self._held)
-            self._held.difference_update(lease_ids)
+            self._held.difference_update(ids)
+            self._finished.difference_update(ids)
             freed = len(self._held) < before
         if freed:
             self.on_room()
@@ -64,6 +78,18 @@ class LeaseBook:
         with self._lock:
             self._lost.update(ids)
         self.drop(ids)
+
+    def settle_lost(self, reported: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Of the leases a heartbeat reported lost, mark and return those truly lost: still held
+        and without a result. The others were acknowledged, given back, or have a result on its
+        way (the coordinator ended them on taking it) since the heartbeat's snapshot."""
+        with self._lock:
+            lost = [lid for lid in dict.fromkeys(reported) if lid in self._held and lid not in self._finished]
+            self._lost.update(lost)
+            self._held.difference_update(lost)
+        if lost:
+            self.on_room()
+        return lost
 
     def is_lost(self, lease_id: uuid.UUID) -> bool:
         with self._lock:
@@ -163,6 +189,8 @@ class Heartbeat(Background):
         except Exception as exc:  # a failed beat must never kill the thread; the next one may pass
             log.warning("heartbeat failed: %s", exc)
             return
-        if response.lost:
-            log.warning("%d lease(s) lost; their jobs are dropped", len(response.lost))
-            self.book.mark_lost(response.lost)
+        lost = self.book.settle_lost(response.lost)
+        if lost:
+            log.warning("%d lease(s) lost; their jobs are dropped", len(lost))
+        if len(lost) < len(response.lost):
+            log.debug("%d lease(s) ended by their own submission or release", len(response.lost) - len(lost))

@@ -77,7 +77,7 @@ class Prefetcher(Background):
                 models = self.policy.models()
                 grant = self._lease(wanted, models)
                 if grant is not None:
-                    self._accept(grant, models)
+                    self._accept(self._bounded(grant, wanted), models)
                 self.done = self.policy.once
                 if grant is not None and grant.jobs:
                     continue
@@ -98,6 +98,16 @@ class Prefetcher(Background):
             return None
         self.heartbeat.interval_s = grant.heartbeat_interval_s
         return grant
+
+    def _bounded(self, grant: LeaseGrant, wanted: int) -> LeaseGrant:
+        """At most the jobs asked for: extra ones would break --max-leases, so they go back unrun."""
+        if len(grant.jobs) <= wanted:
+            return grant
+        extra = [job.lease_id for job in grant.jobs[wanted:]]
+        log.warning("the coordinator granted %d job(s) for %d asked; giving %d back", len(grant.jobs), wanted,
+                    len(extra))  # fmt: skip
+        self.stats.released += give_back(self.client, self.book, extra, "jobs beyond what was asked")
+        return grant.model_copy(update={"jobs": grant.jobs[:wanted]})
 
     def _note_empty(self) -> None:
         if self.empty_since is None:

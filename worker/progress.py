@@ -29,6 +29,8 @@ class Stats:
     accepted: int = 0
     duplicate: int = 0
     rejected: int = 0
+    refused: int = 0  # results the coordinator refused alone for their content (4xx): dropped
+    stalled: int = 0  # spooled results that keep failing (5xx) even alone: retried, behind the rest
     dropped: int = 0
     released: int = 0
     spooled: int = 0
@@ -73,9 +75,9 @@ class Stats:
             f"jobs {self.generated} (leased {self.leased}, dropped {self.dropped}, "
             f"released {self.released}) | "
             f"{self.tokens} tok, {self.tokens_per_s:.1f} tok/s | accepted {self.accepted}, "
-            f"duplicate {self.duplicate}, rejected {self.rejected} | credit {self.credit_tokens} | "
-            f"spool {self.spooled}"
-        )
+            f"duplicate {self.duplicate}, rejected {self.rejected}, refused {self.refused} | "
+            f"credit {self.credit_tokens} | spool {self.spooled}"
+        ) + (f" ({self.stalled} stalled)" if self.stalled else "")
 
     def line(self) -> str:
         return f"{self.status:<10} {self.counters()}"
@@ -122,7 +124,8 @@ def status_rows(snapshot: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "results",
             f"accepted {s.get('accepted', 0)}, rejected {s.get('rejected', 0)}, "
-            f"duplicate {s.get('duplicate', 0)}; {s.get('spooled', 0)} waiting in the spool",
+            f"refused {s.get('refused', 0)}, duplicate {s.get('duplicate', 0)}; "
+            f"{s.get('spooled', 0)} waiting in the spool ({s.get('stalled', 0)} stalled)",
         ),
         ("credit", f"{s.get('credit_tokens', 0)} tokens in accepted traces"),
         (

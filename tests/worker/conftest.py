@@ -136,6 +136,7 @@ class EchoEngine:
         self.batches: list[list[JobSpec]] = []
         self.spans: list[tuple[float, float]] = []
         self.refuse: Callable[[JobSpec], str | None] = lambda job: None
+        self.text: Callable[[JobSpec], str] = lambda job: str(job.job_id)
 
     def generate(self, jobs: Sequence[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
         self.batches.append(list(jobs))
@@ -148,7 +149,7 @@ class EchoEngine:
         self.spans.append((started, time.monotonic()))
         return [
             Generation(
-                str(job.job_id),
+                self.text(job),
                 [1, 2],
                 [-0.5, -0.25],
                 FinishReason.stop,

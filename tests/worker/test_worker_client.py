@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from worker_fakes import FakeCoordinator, Reply, error_reply
+from worker_fakes import Endless, FakeCoordinator, Reply, error_reply
 
 from shared.protocol import (
     API_PREFIX,
@@ -20,9 +22,9 @@ from shared.protocol import (
     RegisterRequest,
     Routes,
 )
-from worker.client import CoordinatorClient, parse_retry_after
+from worker.client import RESPONSE_LIMIT, CoordinatorClient, parse_retry_after
 from worker.config import RetryPolicy
-from worker.errors import AuthError, ProtocolMismatch, RejectedError, TransientError
+from worker.errors import AuthError, ProtocolMismatch, RejectedError, ResponseTooLarge, TransientError
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 LEASE = API_PREFIX + Routes.lease
@@ -162,3 +164,33 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     policy = RetryPolicy(attempts=10, base_delay_s=1, max_delay_s=8)
     assert [policy.delay(n, 0.999999) for n in range(5)] == pytest.approx([1, 2, 4, 8, 8], rel=1e-5)
     assert policy.delay(3, 0.0) == pytest.approx(4)
+
+
+def test_error_bodies_are_read_only_up_to_the_limit(coordinator: FakeCoordinator) -> None:
+    body = Endless(total=128 << 20)
+    coordinator.fail_next(LEASE, Reply(500, body))
+    once = RetryPolicy(attempts=1)
+    with client_for(coordinator, retry=once) as client, pytest.raises(TransientError) as err:
+        client.lease(LeaseRequest(max_jobs=1))
+    assert body.done.wait(10)
+    assert body.sent < body.total // 2  # the rest was never asked for (kernel buffers hold a few MiB)
+    assert len(str(err.value)) < 1000
+
+
+def test_an_answer_over_the_limit_is_refused_unread_and_not_retried(coordinator: FakeCoordinator) -> None:
+    body = Endless(total=2 * RESPONSE_LIMIT)
+    coordinator.fail_next(LEASE, Reply(200, body))
+    with client_for(coordinator) as client, pytest.raises(ResponseTooLarge):
+        client.lease(LeaseRequest(max_jobs=1))
+    assert body.done.wait(10) and body.sent < body.total
+    assert coordinator.count(LEASE) == 1
+
+
+def test_plain_http_to_another_host_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    remote = f"http://coordinator-{uuid.uuid4().hex[:8]}.example.org:8000"
+    local = ["http://localhost:8000", "http://127.0.0.1:1", "http://[::1]:80", "http://box.localhost"]
+    with caplog.at_level(logging.WARNING, logger="flywheel.worker.client"):
+        for url in [remote, remote, remote.replace("http://", "https://"), *local]:
+            CoordinatorClient(url, retry=FAST).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and remote in warnings[0] and "unencrypted" in warnings[0]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import MODEL, EchoEngine, make_job, make_worker, wait_until
-from worker_fakes import FakeCoordinator, error_reply
+from worker_fakes import FakeCoordinator, Reply, error_reply
 
-from shared.protocol import API_PREFIX, Routes
+from shared.protocol import API_PREFIX, Routes, SubmitRequest
 from worker.errors import AuthError
 
 
@@ -65,12 +65,19 @@ def test_whole_batch_4xx_is_split_to_isolate_the_bad_result(
     coordinator: FakeCoordinator, tmp_path: Path
 ) -> None:
     coordinator.queue.extend(make_job(MODEL, seed=i) for i in range(3))
-    submit = API_PREFIX + Routes.submit
-    coordinator.fail_next(submit, error_reply(422, "validation_error"), error_reply(422, "validation_error"))
-    worker = make_worker(coordinator, tmp_path, EchoEngine(), once=True)
+    engine = EchoEngine()
+    bad = {"text": ""}
+
+    def refuse_the_first(request: SubmitRequest) -> Reply | None:
+        bad["text"] = bad["text"] or request.results[0].text
+        refused = any(result.text == bad["text"] for result in request.results)
+        return error_reply(422, "validation_error") if refused else None
+
+    coordinator.refuse_request = refuse_the_first
+    worker = make_worker(coordinator, tmp_path, engine, once=True)
     worker.run()
-    # batch of 3 refused, then one by one: the first refused again, the other two accepted
-    assert worker.stats.rejected == 1 and worker.stats.accepted == 2
+    # the batch of 3 refused, halved until the first result is alone: it is dropped, the rest sent
+    assert worker.stats.refused == 1 and worker.stats.accepted == 2
     assert len(worker.spool) == 0
 
 

@@ -50,6 +50,27 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Endless:
+    """A body of `total` bytes streamed without a Content-Length (read until the connection
+    closes); `sent` counts what reached the socket before the reader hung up, `done` is set after."""
+
+    total: int
+    sent: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, out: Any) -> None:
+        chunk = b"x" * 65536
+        try:
+            while self.sent < self.total:
+                out.write(chunk)
+                self.sent += len(chunk)
+        except OSError:  # the reader closed the connection: what it did not read was never sent
+            pass
+        finally:
+            self.done.set()
+
+
 def error_reply(status: int, code: str, message: str = "", headers: dict[str, str] | None = None) -> Reply:
     body = {"error": {"code": code, "message": message or code, "details": None}}
     return Reply(status, body, headers or {})
@@ -112,6 +133,11 @@ class JsonServer:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 reply = server.dispatch(self.command, self.path, headers, body)
+                if isinstance(reply.body, Endless):
+                    self.send_response(reply.status)
+                    self.end_headers()
+                    reply.body.write(self.wfile)
+                    return
                 data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
@@ -165,6 +191,9 @@ class FakeCoordinator(JsonServer):
         self.submit_times: list[float] = []
         self.submit_status: int | None = None  # set to e.g. 503 to refuse every submission
         self.reject_reason: str | None = None  # set to ack every result as rejected
+        # a whole-request answer chosen from the results, e.g. 500 for a trace the database refuses
+        self.refuse_request: Callable[[SubmitRequest], Reply | None] = lambda request: None
+        self.overgrant = 0  # jobs granted beyond what a lease request asks for
         p = API_PREFIX
         self.routes = {
             ("GET", p + Routes.info): self._info,
@@ -209,7 +238,7 @@ class FakeCoordinator(JsonServer):
         granted = []
         with self.lock:
             self.lease_dtypes.append(request.dtype)
-            while self.queue and len(granted) < request.max_jobs:
+            while self.queue and len(granted) < request.max_jobs + self.overgrant:
                 lease = LeasedJob(lease_id=uuid.uuid4(), deadline=deadline, spec=self.queue.popleft())
                 self.leases[lease.lease_id] = lease.spec
                 self.outstanding.add(lease.lease_id)
@@ -231,6 +260,9 @@ class FakeCoordinator(JsonServer):
         if self.submit_status is not None:
             return error_reply(self.submit_status, "unavailable", "submissions are paused")
         request = SubmitRequest.model_validate_json(body)
+        refused = self.refuse_request(request)
+        if refused is not None:
+            return refused
         with self.lock:
             self.submit_times.append(time.monotonic())
             acks = [self._ack(result) for result in request.results]
