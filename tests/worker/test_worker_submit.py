@@ -147,7 +147,7 @@ def test_a_refusal_not_about_the_content_keeps_every_result(
 class OverlongEngine(EchoEngine):
     """Returns more token ids than the wire format carries for the poisoned job."""
 
-    def generate(self, jobs: list[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:  # type: ignore[override]
+    def generate(self, jobs: list[JobSpec], should_stop: ShouldStop | None = None) -> list[Generation]:
         out = super().generate(jobs, should_stop)
         for i, job in enumerate(jobs):
             if job.messages[0].content == POISON:

@@ -235,7 +235,7 @@ class FakeCoordinator(JsonServer):
     def _lease(self, headers: dict[str, str], body: bytes) -> Reply:
         request = LeaseRequest.model_validate_json(body)
         deadline = datetime.now(UTC) + timedelta(seconds=60)
-        granted = []
+        granted: list[LeasedJob] = []
         with self.lock:
             self.lease_dtypes.append(request.dtype)
             while self.queue and len(granted) < request.max_jobs + self.overgrant:
