@@ -62,9 +62,9 @@ def claim(
     just inserted) PostgreSQL answered it by sorting every queued job, on every lease.
     """
     j, c = JOBS.c, CAMPAIGNS.c
-    running = select(c.id).where(
-        c.status == "running", or_(c.worker_dtypes.is_(None), c.worker_dtypes.contains(f",{dtype},"))
-    )
+    # autoescape: the dtype is the caller's string, and `%` or `_` in it must match only themselves.
+    takes = c.worker_dtypes.contains(f",{dtype},", autoescape=True)
+    running = select(c.id).where(c.status == "running", or_(c.worker_dtypes.is_(None), takes))
     if models:
         running = running.where(one_of(session, c.model_name, models))
     leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))

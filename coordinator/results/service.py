@@ -31,6 +31,28 @@ def _ack(result: TraceSubmission, status: AckStatus, reason: str | None = None) 
     return Ack(lease_id=result.lease_id, attempt_id=result.attempt_id, status=status, reason=reason)
 
 
+def nul_field(result: TraceSubmission) -> str | None:
+    """The first stored string field holding a NUL character, or None. PostgreSQL's text and JSONB
+    refuse U+0000, so such a trace cannot be stored; refusing it per trace keeps it from failing
+    the whole batch (a 500 the worker would retry forever)."""
+    if "\x00" in result.text:
+        return "text"
+    for name, info in (("engine", result.engine), ("hardware", result.hardware)):
+        if _holds_nul(info.model_dump()):
+            return name
+    return None
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def trace_problem(result: TraceSubmission, max_tokens: int) -> str | None:
     """Why a trace is malformed, or None. Cheap structural checks only; verdicts come later."""
     n = len(result.completion_token_ids)
@@ -99,6 +121,11 @@ class _Batch:
         problem = trace_problem(result, int(job.max_tokens or 0))
         if problem is not None:
             return _ack(result, AckStatus.rejected, problem)
+        field = nul_field(result)
+        if field is not None:
+            self.requeue.append(job.id)  # nothing is stored: the job goes to the next worker now
+            reason = f"the {field} holds a NUL character (U+0000), which cannot be stored; job returned"
+            return _ack(result, AckStatus.rejected, reason)
         self.seen.add(result.attempt_id)
         self.status[job.id] = SUBMITTED
         self.new_rows.append(_trace_row(job, result, self.principal.worker_id))

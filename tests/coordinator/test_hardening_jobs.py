@@ -1,0 +1,63 @@
+"""Hostile and unlucky submissions: a trace that cannot be stored is refused per trace, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from coordinator.db import transaction
+from coordinator.results.models import Trace
+from tests.coordinator.conftest import Api
+from tests.coordinator.helpers import make_campaign, progress, trace_for
+
+
+def _trace_count(api: Api) -> int:
+    with transaction(api.runtime.sessions) as session:
+        return int(session.scalar(select(func.count()).select_from(Trace)) or 0)
+
+
+def _lease(api: Api, headers: dict[str, str], n: int) -> list[dict[str, Any]]:
+    r = api.client.post("/v1/leases", json={"max_jobs": n}, headers=headers)
+    assert r.status_code == 200, r.text
+    jobs: list[dict[str, Any]] = r.json()["jobs"]
+    return jobs
+
+
+def test_a_nul_character_is_refused_per_trace_and_its_job_returns(api: Api) -> None:
+    campaign = make_campaign(api, problems=4, samples=1)
+    worker = api.volunteer()
+    jobs = _lease(api, worker, 4)
+    in_text = trace_for(jobs[0], text="byte-level \x00 output \\boxed{0}")
+    in_engine = {**trace_for(jobs[1]), "engine": {"name": "transformers", "version": "1\x00"}}
+    in_hardware = {**trace_for(jobs[2]), "hardware": {"gpus": ["gpu\x00"]}}
+    fine = trace_for(jobs[3])
+    r = api.client.post(
+        "/v1/results", json={"results": [in_text, in_engine, in_hardware, fine]}, headers=worker
+    )
+    assert r.status_code == 200, r.text
+    acks = r.json()["acks"]
+    assert [a["status"] for a in acks] == ["rejected", "rejected", "rejected", "accepted"]
+    for ack, field in zip(acks, ["text", "engine", "hardware"], strict=False):
+        assert f"the {field} holds a NUL character" in ack["reason"]
+    assert _trace_count(api) == 1
+    # The refused jobs are back in the pool at once, for another worker.
+    assert progress(api, campaign["id"])["progress"]["queued"] == 3
+    again = _lease(api, api.volunteer("other"), 4)
+    assert {j["spec"]["job_id"] for j in again} == {j["spec"]["job_id"] for j in jobs[:3]}
+
+
+def test_the_dtype_filter_matches_the_dtype_literally(api: Api) -> None:
+    r = api.client.post(
+        "/v1/problem-sets", json={"name": "f32", "source": "arithmetic", "limit": 2}, headers=api.operator
+    )
+    body = {"name": "f32-only", "problem_set_id": r.json()["id"], "model": {"name": "flywheel/tiny-arith"},
+            "worker_dtypes": ["float32"]}  # fmt: skip
+    assert api.client.post("/v1/campaigns", json=body, headers=api.operator).status_code == 201
+    worker = api.volunteer()
+    # LIKE wildcards said as a dtype match no campaign that takes float32 work only
+    for dtype in ("%", "float__", "%32"):
+        r = api.client.post("/v1/leases", json={"max_jobs": 2, "dtype": dtype}, headers=worker)
+        assert r.status_code == 200 and r.json()["jobs"] == [], dtype
+    r = api.client.post("/v1/leases", json={"max_jobs": 2, "dtype": "float32"}, headers=worker)
+    assert len(r.json()["jobs"]) == 2
