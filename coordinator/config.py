@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     heartbeat_interval_s: float = Field(default=30.0, gt=0, le=3_600)
     max_in_flight_per_worker: int = Field(default=256, ge=1, le=100_000)
+    lease_max_lifetime_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="a lease ends this long after it was granted, however often it is heartbeated",
+    )
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     registration_open: bool = True
     auto_migrate: bool = Field(default=True, description="apply migrations when the API starts")

@@ -33,5 +33,8 @@ class Job(Base):
     lease_id: Mapped[uuid.UUID | None] = mapped_column(GUID, nullable=True, unique=True)
     worker_id: Mapped[uuid.UUID | None] = mapped_column(GUID, ForeignKey("workers.id"), nullable=True)
     lease_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the current lease was granted: heartbeats never push its deadline past this plus
+    # FLYWHEEL_LEASE_MAX_LIFETIME_S, so a worker cannot hoard a job forever.
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
@@ -107,6 +107,7 @@ _MARK_LEASED = (
         lease_id=bindparam("new_lease_id"),
         worker_id=bindparam("new_worker_id"),
         lease_deadline=bindparam("new_deadline"),
+        leased_at=bindparam("new_leased_at"),
         attempts=JOBS.c.attempts + 1,
     )
 )
@@ -118,28 +119,49 @@ def mark_leased(
     lease_ids: Sequence[uuid.UUID],
     worker_id: uuid.UUID,
     deadline: datetime,
+    now: datetime,
 ) -> None:
     # One executemany (a single pipelined round trip on psycopg) for the whole batch.
+    common = {"new_worker_id": worker_id, "new_deadline": deadline, "new_leased_at": now}
     session.execute(
         _MARK_LEASED,
         [
-            {"job_id": job, "new_lease_id": lease, "new_worker_id": worker_id, "new_deadline": deadline}
+            {"job_id": job, "new_lease_id": lease, **common}
             for job, lease in zip(job_ids, lease_ids, strict=True)
         ],
     )
 
 
 def extend(
-    session: Session, worker_id: uuid.UUID, lease_ids: Sequence[uuid.UUID], deadline: datetime
-) -> list[uuid.UUID]:
-    """Push the deadline of the caller's live leases; returns the lease ids that were extended."""
-    query = (
-        update(Job)
-        .where(Job.lease_id.in_(lease_ids), Job.worker_id == worker_id, Job.status == LEASED)
-        .values(lease_deadline=deadline)
-        .returning(Job.lease_id)
+    session: Session,
+    worker_id: uuid.UUID,
+    lease_ids: Sequence[uuid.UUID],
+    now: datetime,
+    ttl: timedelta,
+    max_lifetime: timedelta,
+) -> dict[uuid.UUID, datetime]:
+    """Push the deadline of the caller's live leases to now + ttl, but never past their grant time
+    + max_lifetime; returns lease id -> new deadline for the leases still alive."""
+    j = JOBS.c
+    held = select(j.lease_id, j.leased_at).where(
+        j.lease_id.in_(lease_ids), j.worker_id == worker_id, j.status == LEASED
     )
-    return [row for row in session.scalars(query) if row is not None]
+    deadlines: dict[uuid.UUID, datetime] = {}
+    started: dict[uuid.UUID, datetime] = {}
+    for lease_id, leased_at in session.execute(held.with_for_update()):
+        granted = leased_at or now  # granted before leases had a start time: the cap counts from now
+        deadline = min(now + ttl, granted + max_lifetime)
+        if deadline > now:
+            deadlines[lease_id], started[lease_id] = deadline, granted
+    if deadlines:
+        session.execute(
+            update(JOBS)
+            .where(j.lease_id == bindparam("held_lease"))
+            .values(lease_deadline=bindparam("new_deadline"), leased_at=bindparam("granted"))
+            .execution_options(synchronize_session=False),
+            [{"held_lease": k, "new_deadline": v, "granted": started[k]} for k, v in deadlines.items()],
+        )
+    return deadlines
 
 
 def lock_for_submit(session: Session, lease_ids: Sequence[uuid.UUID], lock: bool) -> dict[uuid.UUID, JobRow]:

@@ -36,7 +36,7 @@ def lease(
     session: Session, principal: workers.Principal, request: LeaseRequest, settings: Settings
 ) -> LeaseGrant:
     now = utcnow()
-    deadline = now + timedelta(seconds=settings.lease_ttl_s)
+    deadline = now + timedelta(seconds=min(settings.lease_ttl_s, settings.lease_max_lifetime_s))
     workers.seen(session, principal.worker_id, settings.last_seen_every_s)
     room = settings.max_in_flight_per_worker - repository.in_flight(session, principal.worker_id, now)
     rows: Sequence[repository.JobRow] = []
@@ -48,7 +48,8 @@ def lease(
         )
     lease_ids = [uuid.uuid4() for _ in rows]
     if rows:
-        repository.mark_leased(session, [row.id for row in rows], lease_ids, principal.worker_id, deadline)
+        job_ids = [row.id for row in rows]
+        repository.mark_leased(session, job_ids, lease_ids, principal.worker_id, deadline, now)
     leased = [
         LeasedJob(lease_id=lease_id, deadline=deadline, spec=spec)
         for lease_id, spec in zip(lease_ids, job_specs(session, rows), strict=True)
@@ -103,13 +104,13 @@ def _rollout_refs(
 def heartbeat(
     session: Session, principal: workers.Principal, request: HeartbeatRequest, settings: Settings
 ) -> HeartbeatResponse:
-    deadline = utcnow() + timedelta(seconds=settings.lease_ttl_s)
-    extended = repository.extend(session, principal.worker_id, request.lease_ids, deadline)
+    ttl = timedelta(seconds=settings.lease_ttl_s)
+    lifetime = timedelta(seconds=settings.lease_max_lifetime_s)
+    extended = repository.extend(session, principal.worker_id, request.lease_ids, utcnow(), ttl, lifetime)
     workers.seen(session, principal.worker_id, settings.last_seen_every_s)
-    kept = set(extended)
     return HeartbeatResponse(
-        extended=dict.fromkeys(extended, deadline),
-        lost=[lease_id for lease_id in request.lease_ids if lease_id not in kept],
+        extended=extended,
+        lost=[lease_id for lease_id in request.lease_ids if lease_id not in extended],
     )
 
 

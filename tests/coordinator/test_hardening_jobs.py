@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from coordinator.db import transaction
+from coordinator.jobs.models import Job
 from coordinator.results.models import Trace
-from tests.coordinator.conftest import Api
+from tests.coordinator.conftest import Api, make_settings, serve
 from tests.coordinator.helpers import make_campaign, progress, trace_for
 
 
@@ -61,3 +64,43 @@ def test_the_dtype_filter_matches_the_dtype_literally(api: Api) -> None:
         assert r.status_code == 200 and r.json()["jobs"] == [], dtype
     r = api.client.post("/v1/leases", json={"max_jobs": 2, "dtype": "float32"}, headers=worker)
     assert len(r.json()["jobs"]) == 2
+
+
+def _heartbeat(api: Api, headers: dict[str, str], lease_ids: list[str]) -> dict[str, Any]:
+    r = api.client.post("/v1/leases/heartbeat", json={"lease_ids": lease_ids}, headers=headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_heartbeats_never_extend_a_lease_past_its_maximum_lifetime(database_url: str) -> None:
+    settings = make_settings(database_url, lease_ttl_s=30, lease_max_lifetime_s=60)
+    with serve(settings) as api:
+        make_campaign(api, problems=1, samples=1)
+        worker = api.volunteer()
+        (job,) = _lease(api, worker, 1)
+        with transaction(api.runtime.sessions) as session:
+            granted = session.scalar(select(Job.leased_at).where(Job.lease_id == uuid.UUID(job["lease_id"])))
+        assert granted is not None
+        cap = granted + timedelta(seconds=60)
+        extended = _heartbeat(api, worker, [job["lease_id"]])["extended"]
+        assert datetime.fromisoformat(extended[job["lease_id"]]) <= cap
+        # The lease was granted 55 s ago: one more heartbeat reaches the cap and no further.
+        _backdate(api, job["lease_id"], granted - timedelta(seconds=55))
+        extended = _heartbeat(api, worker, [job["lease_id"]])["extended"]
+        assert datetime.fromisoformat(extended[job["lease_id"]]) == granted + timedelta(seconds=5)
+        # Past its lifetime, the lease is lost however often it is heartbeated, and leasable again.
+        _backdate(
+            api, job["lease_id"], granted - timedelta(seconds=61), deadline=granted - timedelta(seconds=1)
+        )
+        assert _heartbeat(api, worker, [job["lease_id"]]) == {"extended": {}, "lost": [job["lease_id"]]}
+        (again,) = _lease(api, api.volunteer("other"), 1)
+        assert again["spec"]["job_id"] == job["spec"]["job_id"]
+
+
+def _backdate(api: Api, lease_id: str, leased_at: datetime, deadline: datetime | None = None) -> None:
+    values: dict[str, Any] = {"leased_at": leased_at}
+    if deadline is not None:
+        values["lease_deadline"] = deadline
+    with transaction(api.runtime.sessions) as session:
+        session.execute(update(Job).where(Job.lease_id == uuid.UUID(lease_id)).values(**values))
