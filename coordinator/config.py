@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     heartbeat_interval_s: float = Field(default=30.0, gt=0, le=3_600)
     max_in_flight_per_worker: int = Field(default=256, ge=1, le=100_000)
+    max_unverifiable_per_worker: int = Field(
+        default=32,
+        ge=0,
+        description="unverifiable traces a worker may store; beyond it each is refused (its job returned)",
+    )
     lease_max_lifetime_s: float = Field(
         default=4 * 3600.0,
         gt=0,

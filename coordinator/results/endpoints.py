@@ -17,7 +17,12 @@ def submit(body: SubmitRequest, who: VolunteerDep, rt: RuntimeDep) -> Response:
     settings = rt.settings
     with transaction(rt.sessions) as session:
         response, trace_ids = service.submit(
-            session, who, body, lock=not settings.is_sqlite, seen_every_s=settings.last_seen_every_s
+            session,
+            who,
+            body,
+            lock=not settings.is_sqlite,
+            seen_every_s=settings.last_seen_every_s,
+            max_unverifiable=settings.max_unverifiable_per_worker,
         )
     tasks.enqueue_verification(rt, trace_ids)
     return wire(response)

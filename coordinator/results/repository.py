@@ -31,6 +31,12 @@ def lease_of_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.U
     return {job: lease for job, lease in session.execute(query)}
 
 
+def unverifiable_count(session: Session, worker_id: uuid.UUID) -> int:
+    t = TRACES.c
+    query = select(func.count()).where(t.worker_id == worker_id, t.verifiable.is_(False))
+    return int(session.scalar(query) or 0)
+
+
 def insert_traces(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         session.execute(insert(TRACES), rows)

@@ -74,9 +74,23 @@ class _Batch:
     no ORM objects are loaded or flushed on this hot path.
     """
 
-    def __init__(self, session: Session, principal: Principal, request: SubmitRequest, lock: bool) -> None:
+    def __init__(
+        self,
+        session: Session,
+        principal: Principal,
+        request: SubmitRequest,
+        lock: bool,
+        max_unverifiable: int,
+    ) -> None:
         results = request.results
         self.principal = principal
+        # Room for unverifiable traces (never in dumps, so each one stored burns its job's sample):
+        # counted only when the batch holds one.
+        self.unverifiable_room = (
+            max_unverifiable - repository.unverifiable_count(session, principal.worker_id)
+            if any(not r.verifiable for r in results)
+            else 0
+        )
         self.owners = repository.attempt_owners(session, [r.attempt_id for r in results])
         self.jobs = jobs_repository.lock_for_submit(session, [r.lease_id for r in results], lock)
         self.status = {job.id: job.status for job in self.jobs.values()}
@@ -126,10 +140,22 @@ class _Batch:
             self.requeue.append(job.id)  # nothing is stored: the job goes to the next worker now
             reason = f"the {field} holds a NUL character (U+0000), which cannot be stored; job returned"
             return _ack(result, AckStatus.rejected, reason)
+        if not result.verifiable and self._over_unverifiable_cap(job):
+            reason = (
+                "this worker's unverifiable traces reached the cap: use an engine with the seeded sampler"
+            )
+            return _ack(result, AckStatus.rejected, reason)
         self.seen.add(result.attempt_id)
         self.status[job.id] = SUBMITTED
         self.new_rows.append(_trace_row(job, result, self.principal.worker_id))
         return _ack(result, AckStatus.accepted)
+
+    def _over_unverifiable_cap(self, job: jobs_repository.JobRow) -> bool:
+        if self.unverifiable_room <= 0:
+            self.requeue.append(job.id)  # refused: another worker takes the job now
+            return True
+        self.unverifiable_room -= 1
+        return False
 
 
 def _trace_row(job: jobs_repository.JobRow, result: TraceSubmission, worker_id: uuid.UUID) -> dict[str, Any]:
@@ -156,10 +182,15 @@ def _trace_row(job: jobs_repository.JobRow, result: TraceSubmission, worker_id: 
 
 
 def submit(
-    session: Session, principal: Principal, request: SubmitRequest, lock: bool, seen_every_s: float = 0.0
+    session: Session,
+    principal: Principal,
+    request: SubmitRequest,
+    lock: bool,
+    seen_every_s: float = 0.0,
+    max_unverifiable: int = 32,
 ) -> tuple[SubmitResponse, list[uuid.UUID]]:
     """Store what is valid; returns the acks and the ids of the traces to verify after commit."""
-    batch = _Batch(session, principal, request, lock)
+    batch = _Batch(session, principal, request, lock, max_unverifiable)
     acks = [batch.handle(result) for result in request.results]
     repository.insert_traces(session, batch.new_rows)
     if batch.requeue:

@@ -104,3 +104,25 @@ def _backdate(api: Api, lease_id: str, leased_at: datetime, deadline: datetime |
         values["lease_deadline"] = deadline
     with transaction(api.runtime.sessions) as session:
         session.execute(update(Job).where(Job.lease_id == uuid.UUID(lease_id)).values(**values))
+
+
+def test_unverifiable_traces_beyond_the_cap_are_refused_and_their_jobs_return(database_url: str) -> None:
+    settings = make_settings(database_url, max_unverifiable_per_worker=2)
+    with serve(settings) as api:
+        campaign = make_campaign(api, problems=4, samples=1)
+        worker = api.volunteer()
+        jobs = _lease(api, worker, 4)
+        junk = [{**trace_for(job), "verifiable": False} for job in jobs[:3]]
+        acks = api.client.post("/v1/results", json={"results": junk}, headers=worker).json()["acks"]
+        assert [a["status"] for a in acks] == ["accepted", "accepted", "rejected"]
+        assert "unverifiable traces reached the cap" in acks[2]["reason"]
+        # the cap counts what is stored, across batches; verifiable work is still taken
+        more = [{**trace_for(jobs[3]), "verifiable": False}]
+        assert (
+            api.client.post("/v1/results", json={"results": more}, headers=worker).json()["acks"][0]["status"]
+            == "rejected"
+        )
+        assert progress(api, campaign["id"])["progress"]["queued"] == 2
+        (again, _) = _lease(api, worker, 2)
+        ack = api.client.post("/v1/results", json={"results": [trace_for(again)]}, headers=worker).json()
+        assert ack["acks"][0]["status"] == "accepted"
