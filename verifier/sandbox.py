@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verifier import seccomp
+from verifier import sandbox_env, seccomp
 from verifier.errors import SandboxUnavailableError
 
 SANDBOX_UID = 65534
@@ -48,18 +48,26 @@ INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`)
 
 @dataclass(frozen=True)
 class Layout:
-    """What the sandbox sees: the interpreter and the directories it must read."""
+    """What the sandbox sees: the interpreter, the folders it imports from, its symlinks."""
 
     python: str
     binds: tuple[str, ...]
+    links: tuple[tuple[str, str], ...] = ()
     as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
 
 @functools.cache
 def layout() -> Layout:
-    python = os.environ.get("FLYWHEEL_SANDBOX_PYTHON") or os.path.realpath(sys.executable)
-    binds = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
-    return Layout(python=python, binds=tuple(sorted(b for b in binds if not b.startswith("/usr"))))
+    """The coordinator's own environment (venv, pyenv, conda, system), found once per process.
+
+    FLYWHEEL_SANDBOX_PYTHON names another interpreter; by default it is this process's, by the
+    path it was started as (a venv's bin/python), so the sandbox imports what the caller imports.
+    """
+    python = os.environ.get("FLYWHEEL_SANDBOX_PYTHON") or sys.executable
+    if not python:
+        raise SandboxUnavailableError("sys.executable is empty: set FLYWHEEL_SANDBOX_PYTHON")
+    env = sandbox_env.discover(python)
+    return Layout(python=env.python, binds=env.binds, links=env.links)
 
 
 def bwrap_path() -> str:
@@ -79,17 +87,26 @@ def _system_binds() -> list[str]:
     return args
 
 
-def _ro_binds(pairs: list[tuple[str, str]]) -> list[str]:
-    """Read-only binds (source, destination), creating world-readable parent directories."""
+def _ro_binds(pairs: list[tuple[str, str]], links: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """Read-only binds (source, destination) and symlinks (target, link), creating
+    world-readable parent directories."""
     args: list[str] = []
     made: set[str] = set()
-    for source, dest in pairs:
+
+    def parents(dest: str) -> None:
+        nonlocal args
         for parent in reversed(Path(dest).parents):
             name = str(parent)
             if name != "/" and name not in made:
                 made.add(name)
                 args += ["--perms", "0755", "--dir", name]
+
+    for source, dest in pairs:
+        parents(dest)
         args += ["--ro-bind", source, dest]
+    for target, link in links:
+        parents(link)
+        args += ["--symlink", target, link]
     return args
 
 
@@ -107,7 +124,8 @@ def bwrap_args(userns_fd: int | None, seccomp_fd: int, extra: list[str] | None =
     # bwrap makes new directories 0700 and tmpfs 0755: the sandbox uid needs to read and write.
     mounts += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     binds = [(path, path) for path in layout().binds] + [(str(PACKAGE_DIR), f"{RUNNER_ROOT}/verifier")]
-    mounts += [*_ro_binds(binds), "--chdir", "/tmp"]
+    # After the /tmp tmpfs, so an environment under /tmp shows through it (read-only).
+    mounts += [*_ro_binds(binds, layout().links), "--chdir", "/tmp"]
     return [bwrap_path(), *isolation, *common, *mounts, *(extra or [])]
 
 

@@ -409,8 +409,8 @@ def _kill(pid: int) -> None:
 def _wipe(path: str, keep: str = "") -> None:
     for name in os.listdir(path):
         full = os.path.join(path, name)
-        if full == keep:
-            continue
+        if full == keep or os.path.ismount(full):
+            continue  # a mount point is the read-only environment (a venv under /tmp), not scratch
         try:
             if os.path.isdir(full) and not os.path.islink(full):
                 _wipe(full)
