@@ -55,9 +55,14 @@ class Environment:
 
 
 def discover(python: str) -> Environment:
-    """Ask `python` (run as the sandbox runs it) what it imports from; raises if it cannot run."""
+    """Ask `python` (run as the sandbox runs it) what it imports from (nothing, if it cannot run)."""
     python = _resolved_dir(python)
-    seen = _ask(python)
+    try:
+        seen = _ask(python)
+    except SandboxUnavailableError as exc:
+        # Nothing to bind but the binary: the sandbox's own start then fails and says so.
+        log.warning("%s", exc)
+        seen = {"prefixes": [], "path": [], "editable": []}
     wanted = [*seen["prefixes"], *seen["path"], *seen["editable"]]
     binds = _minimal([os.path.realpath(p) for p in wanted if os.path.exists(p)])
     links, real = _symlink_chain(python, binds)
