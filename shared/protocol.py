@@ -20,6 +20,7 @@ API_PREFIX = "/v1"
 # Hard bounds shared by both sides, so a worker can refuse to send what the coordinator refuses.
 MAX_TEXT_CHARS = 200_000
 MAX_COMPLETION_TOKENS = 32_768
+MAX_TOKEN_ID = (1 << 31) - 1  # above any vocabulary; the coordinator bounds ids by the model's own
 MAX_BATCH = 256
 MAX_NAME = 128
 MAX_ARTIFACT_BYTES = 1 << 40  # 1 TiB: far above any model a volunteer serves, low enough to refuse junk
@@ -28,6 +29,7 @@ ARTIFACT_MODEL_PREFIX = "flywheel-artifact/"  # + sha256: weights a pipeline job
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
 # A path under the coordinator's base URL: "/"-separated segments of URL-safe characters, none
 # starting with "." (so no "..") and none empty, so it can never name another host.
 RelativePath = Annotated[
@@ -262,7 +264,7 @@ class TraceSubmission(Wire):
     attempt_id: uuid.UUID = Field(description="chosen by the worker; makes re-sends idempotent")
     job_id: uuid.UUID
     text: str = Field(max_length=MAX_TEXT_CHARS)
-    completion_token_ids: list[int] = Field(max_length=MAX_COMPLETION_TOKENS)
+    completion_token_ids: list[TokenId] = Field(max_length=MAX_COMPLETION_TOKENS)
     logprobs: list[float] = Field(max_length=MAX_COMPLETION_TOKENS)
     finish_reason: FinishReason
     timings: Timings = Field(default_factory=Timings)

@@ -12,13 +12,15 @@ from coordinator.campaigns.models import Campaign
 from coordinator.jobs.models import Job
 from coordinator.problems.models import Problem, ProblemSet
 from coordinator.results.models import Trace
+from coordinator.trust.models import USABLE
 
 
 def _in_dumps() -> ColumnElement[bool]:
-    """Traces a dump may contain: not withdrawn after a failed validation of their worker, and
+    """Traces a dump may contain: not withdrawn after a failed validation of their worker,
     produced by an engine that applied the seeded sampler (an unverifiable trace is never checked,
-    so it could be anything; docs/trust.md)."""
-    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True))
+    so it could be anything), and passed or skipped by validation (a queued one may yet fail;
+    docs/trust.md)."""
+    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True), Trace.validation.in_(USABLE))
 
 
 def summaries(session: Session) -> list[tuple[uuid.UUID, str, str, str | None, int]]:

@@ -23,6 +23,7 @@ from coordinator.pipeline.models import (
 )
 from coordinator.problems.models import Problem
 from coordinator.results.models import Trace
+from coordinator.trust.models import UNSETTLED, USABLE
 
 VERIFIED = ("accepted", "rejected")
 
@@ -142,7 +143,7 @@ def verified_scores(session: Session, campaign_ids: Sequence[uuid.UUID]) -> list
         select(Problem.external_id, Trace.score, Trace.status)
         .join(Job, Job.id == Trace.job_id)
         .join(Problem, Problem.id == Job.problem_id)
-        .where(Trace.campaign_id.in_(campaign_ids), Trace.status.in_(VERIFIED))
+        .where(Trace.campaign_id.in_(campaign_ids), Trace.status.in_(VERIFIED), _trainable())
     )
     return [(p, float(score or 0.0), status == "accepted") for p, score, status in session.execute(query)]
 
@@ -208,13 +209,14 @@ def group_counts(session: Session, run_id: uuid.UUID) -> dict[str, int]:
 
 
 def verified_per_group(session: Session, run_id: uuid.UUID) -> dict[uuid.UUID, int]:
-    """Open group id -> how many of its rollouts have a verdict."""
+    """Open group id -> how many of its rollouts have a verdict and a settled validation: a group
+    is complete once no rollout of it may still be withdrawn by a validation in flight."""
     g = RolloutGroup
     query = (
         select(g.id, func.count(Trace.id))
         .join(Job, and_(Job.campaign_id == g.campaign_id, Job.problem_id == g.problem_id))
         .join(Trace, Trace.job_id == Job.id)
-        .where(g.run_id == run_id, g.status == GROUP_OPEN, Trace.status.in_(VERIFIED))
+        .where(g.run_id == run_id, g.status == GROUP_OPEN, _settled())
         .group_by(g.id)
     )
     return {group_id: int(n) for group_id, n in session.execute(query)}
@@ -244,11 +246,16 @@ def set_group_rewards(session: Session, group_id: uuid.UUID, mean: float, std: f
 
 
 def _trainable() -> ColumnElement[bool]:
-    """Rollouts the trainer may learn from: not withdrawn after a failed validation of their worker
-    (a quarantined worker's traces stay withdrawn until each passes a re-check), and produced by an
-    engine that applied the seeded sampler (an unverifiable trace's tokens and logprobs are a claim
-    nobody can check)."""
-    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True))
+    """Traces selection and the trainer may learn from: not withdrawn after a failed validation of
+    their worker (a quarantined worker's traces stay withdrawn until each passes a re-check),
+    produced by an engine that applied the seeded sampler (an unverifiable trace's tokens and
+    logprobs are a claim nobody can check), and passed or skipped by validation (the dumps' rule)."""
+    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True), Trace.validation.in_(USABLE))
+
+
+def _settled() -> ColumnElement[bool]:
+    """A verified trace whose validation is decided and done (whatever came of it)."""
+    return and_(Trace.status.in_(VERIFIED), Trace.validation.is_not(None), Trace.validation.not_in(UNSETTLED))
 
 
 def rollouts(session: Session, group_ids: Sequence[uuid.UUID]) -> Sequence[Any]:

@@ -13,6 +13,7 @@ from coordinator.jobs import repository as jobs_repository
 from coordinator.jobs.models import DONE, LEASED, SUBMITTED
 from coordinator.results import repository
 from coordinator.results.models import ACCEPTED, PENDING, REJECTED, Trace
+from coordinator.trust import service as trust
 from coordinator.workers import repository as workers_repository
 from coordinator.workers.service import Principal, credit_submissions, seen
 from shared.protocol import (
@@ -53,15 +54,16 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
-def trace_problem(result: TraceSubmission, max_tokens: int) -> str | None:
-    """Why a trace is malformed, or None. Cheap structural checks only; verdicts come later."""
+def trace_problem(result: TraceSubmission, max_tokens: int, vocab: int | None = None) -> str | None:
+    """Why a trace is malformed, or None. Cheap structural checks only; verdicts come later.
+    `vocab`: the model's vocabulary size where known (ids are >= 0 by the wire model)."""
     n = len(result.completion_token_ids)
     if n != len(result.logprobs):
         return f"{n} token ids but {len(result.logprobs)} logprobs"
     if n > max_tokens:
         return f"{n} completion tokens exceed the job's max_tokens {max_tokens}"
-    if any(t < 0 for t in result.completion_token_ids):
-        return "negative token id"
+    if vocab is not None and n and max(result.completion_token_ids) >= vocab:
+        return f"token id {max(result.completion_token_ids)} is outside the model's vocabulary of {vocab}"
     if any(not math.isfinite(lp) or lp > 1e-6 for lp in result.logprobs):
         return "logprobs must be finite and <= 0"
     return None
@@ -94,6 +96,7 @@ class _Batch:
         self.owners = repository.attempt_owners(session, [r.attempt_id for r in results])
         self.jobs = jobs_repository.lock_for_submit(session, [r.lease_id for r in results], lock)
         self.status = {job.id: job.status for job in self.jobs.values()}
+        self.vocab = trust.vocab_limits(session, sorted({job.campaign_id for job in self.jobs.values()}))
         finished = [job.id for job in self.jobs.values() if job.status in (SUBMITTED, DONE)]
         self.stored_leases = repository.lease_of_jobs(session, finished) if finished else {}
         self.new_rows: list[dict[str, Any]] = []
@@ -132,7 +135,7 @@ class _Batch:
             claimed = result.engine.dtype or "an unnamed dtype"
             reason = f"this campaign takes work computed in {accepted}, not {claimed}"
             return _ack(result, AckStatus.rejected, reason)
-        problem = trace_problem(result, int(job.max_tokens or 0))
+        problem = trace_problem(result, int(job.max_tokens or 0), self.vocab.get(job.campaign_id))
         if problem is not None:
             return _ack(result, AckStatus.rejected, problem)
         field = nul_field(result)

@@ -23,6 +23,13 @@ ERROR = "error"  # the validator could not run (model unavailable); trust is lef
 SPOT_CHECK = "spot-check"  # drawn by the adaptive policy: the outcome moves the worker's trust
 RECHECK = "recheck"  # a withdrawn trace re-validated after a failure: the outcome only decides the trace
 
+# Which traces dumps, selection and training may use: validated and passed, or not drawn for a
+# spot-check (`skipped`, also every trace's state while validation is off). Traces whose decision
+# or validation is still to come (None, queued, recheck), failed, errored or unverifiable ones are
+# left out until a validation passes them.
+USABLE = (PASSED, SKIPPED)
+UNSETTLED = (QUEUED, RECHECK)  # a validation is still to come
+
 
 class WorkerTrust(Base):
     """A worker's standing: consecutive passed validations, and the quarantine after a failure."""

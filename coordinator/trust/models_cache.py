@@ -8,6 +8,7 @@ chat template with the assistant turn opened, tokenized without added special to
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Scorer:
     device: str
     stops: frozenset[int]
     context: int
+    vocab: int  # rows of the input embedding: a token id must lie in [0, vocab)
     _budgets: dict[BudgetForcing, BudgetTokens] = field(default_factory=dict)
 
     @property
@@ -161,6 +163,7 @@ def _load(
         device=chosen,
         stops=frozenset(_stop_ids(tokenizer, generation)),
         context=int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
+        vocab=int(model.get_input_embeddings().num_embeddings),
     )
 
 
@@ -176,3 +179,52 @@ def _stop_ids(tokenizer: Any, generation_config: Any) -> set[int]:
         elif isinstance(source, list | tuple):
             ids.update(int(i) for i in source)
     return ids
+
+
+# --------------------------------------------------------------------------- vocabulary, without torch
+
+_VOCAB: dict[tuple[str, str | None], int] = {}
+
+
+def vocab_size(name: str, revision: str | None = None) -> int | None:
+    """The vocabulary size of a model from its config.json where this machine holds it (a bundled
+    model, a local folder, or the Hugging Face cache), or None: read without torch, so the API
+    process can bound token ids at submission. Found sizes are kept for the life of the process;
+    a model not found is looked up again next time (it may be downloaded meanwhile)."""
+    key = (name, revision)
+    found = _VOCAB.get(key)
+    if found is None:
+        found = _read_vocab(_local_config(resolve_model(name), revision))
+        if found is not None:
+            _VOCAB[key] = found
+    return found
+
+
+def _local_config(path: str, revision: str | None) -> Path | None:
+    folder = Path(path)
+    if (folder / "config.json").is_file():
+        return folder / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # a coordinator installed without the model libraries
+        return None
+    try:
+        cached = try_to_load_from_cache(path, "config.json", revision=revision)
+    except ValueError:  # not a repository id (a path that does not exist here)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _read_vocab(config: Path | None) -> int | None:
+    """`vocab_size` of a config (or of its text model's, for a multimodal config)."""
+    if config is None:
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for part in (data, data.get("text_config") or {}):
+        value = part.get("vocab_size") if isinstance(part, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -44,6 +44,16 @@ def sampling_of(session: Session, campaign_id: uuid.UUID) -> dict[str, Any] | No
     return dict(value) if value is not None else None
 
 
+def campaign_models(
+    session: Session, campaign_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """campaign id -> (model name, revision)."""
+    query = select(Campaign.id, Campaign.model_name, Campaign.model_revision).where(
+        Campaign.id.in_(campaign_ids)
+    )
+    return {row[0]: (row[1], row[2]) for row in session.execute(query)}
+
+
 def trace(session: Session, trace_id: uuid.UUID, lock: bool = False) -> Trace | None:
     query = select(Trace).where(Trace.id == trace_id)
     if lock:

@@ -16,10 +16,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from coordinator.errors import NotFound
+from coordinator.errors import FlywheelError, NotFound
 from coordinator.jobs import service as jobs_service
+from coordinator.pipeline import service as pipeline
 from coordinator.results.models import PENDING, Trace
-from coordinator.trust import repository
+from coordinator.trust import models_cache, repository
 from coordinator.trust.models import (
     ERROR,
     FAILED,
@@ -37,7 +38,7 @@ from coordinator.trust.rescore import Outcome
 from coordinator.trust.schemas import TrustOut, ValidationOut, WorkerState
 from coordinator.workers import service as workers
 from coordinator.workers.models import Worker
-from shared.protocol import JobSpec, Scope
+from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec, Scope
 
 RECENT = 20  # validations listed on a worker's record
 
@@ -65,6 +66,14 @@ def _unverifiable(trace: Trace, sampling: dict[str, Any] | None) -> bool:
     if not trace.verifiable:
         return True
     return trace.engine.get("name") == "openai" and float((sampling or {}).get("temperature", 1.0)) > 0
+
+
+def skip(session: Session, trace_id: uuid.UUID, lock: bool) -> None:
+    """Validation is off: a verified trace is marked skipped (not drawn), which dumps and training
+    require of every trace (datasets and pipeline repositories)."""
+    trace = repository.trace(session, trace_id, lock=lock)
+    if trace is not None and trace.status != PENDING and trace.validation is None:
+        trace.validation = SKIPPED
 
 
 def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: bool) -> bool:
@@ -99,6 +108,32 @@ def _quarantined(session: Session, record: WorkerTrust) -> bool:
     if flags is None or not flags[0]:
         record.quarantined = False
     return record.quarantined
+
+
+# --------------------------------------------------------------------------- bounds at submission
+
+
+def vocab_limits(session: Session, campaign_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """campaign id -> its model's vocabulary size, for the campaigns whose model config this machine
+    holds (without torch: models_cache.vocab_size). Token ids of the others are bounded by the
+    validator alone (a failed validation)."""
+    limits: dict[uuid.UUID, int] = {}
+    for campaign_id, (name, revision) in repository.campaign_models(session, campaign_ids).items():
+        size = models_cache.vocab_size(*_base_of(session, name, revision))
+        if size is not None:
+            limits[campaign_id] = size
+    return limits
+
+
+def _base_of(session: Session, name: str, revision: str | None) -> tuple[str, str | None]:
+    """A model published as an artifact (a checkpoint, a policy version) shares its base model's
+    vocabulary."""
+    if not name.startswith(ARTIFACT_MODEL_PREFIX):
+        return name, revision
+    try:
+        return pipeline.base_model_name(session, name), None
+    except FlywheelError:
+        return name, revision
 
 
 # --------------------------------------------------------------------------- validation outcomes

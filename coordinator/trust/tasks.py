@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -21,6 +22,8 @@ from coordinator.errors import FlywheelError
 from coordinator.pipeline import service as pipeline
 from coordinator.runtime import Runtime, get_runtime
 from coordinator.trust import models_cache, repository, service
+from coordinator.trust.models_cache import Scorer
+from coordinator.trust.rescore import Outcome
 from coordinator.trust.validator import Submitted, validate
 from shared.protocol import ARTIFACT_MODEL_PREFIX
 
@@ -32,6 +35,8 @@ WAIT_FACTOR = 10
 def after_verdict(runtime: Runtime, trace_id: uuid.UUID) -> None:
     settings = runtime.settings
     if not settings.validation_enabled:
+        with transaction(runtime.sessions) as session:
+            service.skip(session, trace_id, lock=not settings.is_sqlite)
         return
     with transaction(runtime.sessions) as session:
         chosen = service.after_verdict(
@@ -75,17 +80,54 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
         results = [service.Result(None, str(exc), validator, 0.0)] * len(items)
     else:
         validator = {"model": name, "device": scorer.device, "dtype": scorer.dtype}
-        submitted = [
-            Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype) for i in items
-        ]
-        checked = validate(scorer, submitted, noise=settings.validation_noise.get(name))
-        results = [service.Result(c.outcome, "", validator, c.seconds) for c in checked]
+        results = _check(scorer, items, validator, settings.validation_noise.get(name))
     for item, result in zip(items, results, strict=True):
         with transaction(runtime.sessions) as session:
             recheck = service.record(session, item, result, lock=not runtime.settings.is_sqlite)
         if recheck:
             log.warning("worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck))
             enqueue_validation(runtime, recheck)
+
+
+def _check(
+    scorer: Scorer, items: list[service.Pending], validator: dict[str, str], noise: dict[str, float] | None
+) -> list[service.Result]:
+    """Validate a batch; should it raise, each trace alone, so that only the culprit fails."""
+    submitted = [
+        Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype) for i in items
+    ]
+    try:
+        checked = validate(scorer, submitted, noise=noise)
+    except Exception as exc:  # whatever a claim makes the validator raise
+        if len(items) > 1:
+            log.warning("validation of %d traces raised %r; validating them one by one", len(items), exc)
+            return [result for item in items for result in _check(scorer, [item], validator, noise)]
+        return [_unreplayed(scorer, items[0], exc, validator)]
+    return [service.Result(c.outcome, "", validator, c.seconds) for c in checked]
+
+
+def _unreplayed(
+    scorer: Scorer, item: service.Pending, exc: Exception, validator: dict[str, str]
+) -> service.Result:
+    """One trace the validator raised on. While the model still runs a trivial prefill, the claim
+    is at fault: a failed validation (an honest trace replays). When memory ran out or the model
+    no longer runs, the validator is: an error, which leaves the worker's trust alone."""
+    log.warning("validation of trace %s raised", item.trace_id, exc_info=exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or not _runs(scorer):
+        return service.Result(None, f"the validator failed: {exc!r}", validator, 0.0)
+    reason = f"the validator cannot replay this claim: {type(exc).__name__}: {exc}"
+    failed = Outcome(False, reason, None, -math.inf, math.nan, 0.0, len(item.tokens))
+    return service.Result(failed, "", validator, 0.0)
+
+
+def _runs(scorer: Scorer) -> bool:
+    """Whether the model still runs one prefill of one token (after a claim made it raise)."""
+    try:
+        scorer.completion_logits([[0]], [[0]])
+    except Exception:  # the validator, not the claim, is broken
+        log.exception("the validation model no longer runs")
+        return False
+    return True
 
 
 def _source(runtime: Runtime, name: str) -> tuple[str | None, Path | None]:
@@ -102,15 +144,16 @@ def _source(runtime: Runtime, name: str) -> tuple[str | None, Path | None]:
 
 
 def requeue_stale(runtime: Runtime, older_than_s: float, limit: int = 10_000) -> int:
-    """Decide traces whose decision was lost, and re-enqueue validations left waiting."""
-    if not runtime.settings.validation_enabled:
-        return 0
+    """Decide traces whose decision was lost (with validation off too: they are marked skipped),
+    and re-enqueue validations left waiting."""
     now = utcnow()
+    enabled = runtime.settings.validation_enabled
     with transaction(runtime.sessions) as session:
         undecided = repository.undecided(session, now - timedelta(seconds=older_than_s), limit)
         # A validation waits behind slower work than a verification does: only a wait ten times as
         # long means a lost task, so a busy validator's queue is not filled with copies.
-        waiting = repository.waiting(session, now - timedelta(seconds=WAIT_FACTOR * older_than_s), limit)
+        cutoff = now - timedelta(seconds=WAIT_FACTOR * older_than_s)
+        waiting = repository.waiting(session, cutoff, limit) if enabled else []
     for trace_id in undecided:
         after_verdict(runtime, trace_id)
     if waiting:

@@ -60,8 +60,10 @@ def validate(
     trace is charged its share of both, by token count."""
     prompts = [scorer.prompt_ids(t.spec.messages) for t in traces]
     rules = [rules_for(scorer, t.spec, len(p)) for t, p in zip(traces, prompts, strict=True)]
-    # A claim longer than the job allows never reaches the model (it could overrun the context).
-    fits = [i for i, t in enumerate(traces) if len(t.tokens) <= rules[i].limit]
+    # A claim the model cannot replay never reaches it: one bad id in a batch would fail the whole
+    # prefill (on CUDA, poison the process), so it fails alone here, before any tensor is built.
+    problems = [unreplayable(scorer, t, rules[i], len(prompts[i])) for i, t in enumerate(traces)]
+    fits = [i for i, problem in enumerate(problems) if problem is None]
     started = time.perf_counter()
     logits = scorer.completion_logits([prompts[i] for i in fits], [list(traces[i].tokens) for i in fits])
     _wait_for(logits)  # scoring would wait for the prefill anyway; this only lets it be timed apart
@@ -72,7 +74,9 @@ def validate(
         for i, row in zip(fits, logits, strict=True)
     ]
     scored = dict(zip(fits, rescore_many(cases), strict=True))
-    outcomes = [_finish(scorer, trace, rules[i], scored.get(i), allowed[i]) for i, trace in enumerate(traces)]
+    outcomes = [
+        _finish(scorer, trace, problems[i], scored.get(i), allowed[i]) for i, trace in enumerate(traces)
+    ]
     elapsed = time.perf_counter() - started
     sizes = [len(p) + len(t.tokens) for p, t in zip(prompts, traces, strict=True)]
     total = sum(sizes[i] for i in fits) or 1
@@ -91,13 +95,37 @@ def _wait_for(logits: Sequence[Any]) -> None:
         torch.cuda.synchronize(logits[0].device)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A claim failed before re-scoring: where (a position, or None) and why."""
+
+    position: int | None
+    reason: str
+
+
+def unreplayable(scorer: Scorer, trace: Submitted, rules: JobRules, prompt_tokens: int) -> Failure | None:
+    """Why the model cannot replay this claim (a failed validation: an honest engine never
+    produces it), or None."""
+    n = len(trace.tokens)
+    if len(trace.logprobs) != n:
+        return Failure(None, f"{n} token ids but {len(trace.logprobs)} logprobs")
+    for p, token in enumerate(trace.tokens):
+        if type(token) is not int or not 0 <= token < scorer.vocab:
+            return Failure(p, f"token id {token!r} is outside the model's vocabulary of {scorer.vocab}")
+    if prompt_tokens + n > scorer.context:
+        return Failure(None, f"{prompt_tokens + n} tokens exceed the model's context {scorer.context}")
+    if n > rules.limit:  # it could overrun the context, and an honest engine stops at the limit
+        return Failure(rules.limit, f"{n} tokens exceed the {rules.limit} the job allowed")
+    return None
+
+
 def _finish(
-    scorer: Scorer, trace: Submitted, rules: JobRules, outcome: Outcome | None, eps: float
+    scorer: Scorer, trace: Submitted, problem: Failure | None, outcome: Outcome | None, eps: float
 ) -> Outcome:
     n = len(trace.tokens)
-    if outcome is None:
-        reason = f"{n} tokens exceed the {rules.limit} the job allowed"
-        return Outcome(False, reason, rules.limit, -math.inf, math.nan, eps, n)
+    if problem is not None or outcome is None:
+        failure = problem or Failure(None, "not re-scored")
+        return Outcome(False, failure.reason, failure.position, -math.inf, math.nan, eps, n)
     if outcome.passed and scorer.decode(trace.tokens) != trace.text:
         # The verifier scores the text: it must be exactly what the validated tokens decode to.
         reason = "the text is not what the token ids decode to"
