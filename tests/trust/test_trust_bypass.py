@@ -5,6 +5,8 @@ never failing its batch, and no trace in a dump before its validation passed or 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +16,11 @@ from coordinator.db import transaction
 from coordinator.results.models import Trace
 from coordinator.trust import tasks
 from coordinator.trust.models import ERROR, FAILED, PASSED, QUEUED, RECHECK, Validation
-from tests.coordinator.conftest import Api
+from shared.assets import TINY_MODEL_NAME
+from tests.coordinator.conftest import Api, make_settings, serve
 from tests.coordinator.helpers import make_campaign
+from tests.pipeline.conftest import with_pipeline
+from tests.pipeline.pipeline_helpers import create_job, lease_all, problem_set, trace, wait_for, worked
 from tests.trust.helpers import (
     exported,
     generate,
@@ -156,3 +161,40 @@ def test_a_trace_is_in_dumps_only_once_its_validation_passed_or_was_skipped(
     assert exported(trust_api, campaign["id"]) == {job_key(j) for j in jobs}  # both passed
     _set(trust_api, _trace_ids(trust_api)[jobs[1]["spec"]["job_id"]], validation=state)
     assert exported(trust_api, campaign["id"]) == {job_key(jobs[0])}
+
+
+@pytest.fixture
+def pipeline_api(database_url: str, tmp_path: Path) -> Iterator[Api]:
+    """The coordinator with the pipeline routes (validation off, as the pipeline tests run it)."""
+    settings = make_settings(database_url, max_in_flight_per_worker=64, data_dir=tmp_path / "data")
+    with serve(settings, with_pipeline) as served:
+        yield served
+
+
+def test_a_rollout_with_an_id_outside_the_vocabulary_never_reaches_the_trainer(pipeline_api: Api) -> None:
+    """A policy version's campaign names an artifact: its ids are bounded by the base model's
+    vocabulary, so the out-of-range rollout is refused and the run trains on honest ones."""
+    api = pipeline_api
+    spec = {"kind": "grpo", "model": TINY_MODEL_NAME, "problem_set_id": problem_set(api, 1), "steps": 1,
+            "group_size": 2, "groups_per_step": 1, "device": "cpu", "poll_s": 0.05,
+            "sampling": {"temperature": 1.0, "max_tokens": 128}}  # fmt: skip
+    created = create_job(api, spec)
+    wait_for(api, created["id"], {"waiting"})
+    [version] = api.client.get(f"/v1/pipeline/jobs/{created['id']}/policy", headers=api.operator).json()
+    volunteer = api.volunteer()
+    right, wrong = sorted(
+        lease_all(api, volunteer, [version["model"]]), key=lambda j: j["spec"]["sample_index"]
+    )
+    bad = trace(wrong, worked(wrong, correct=False), [7, 3, 100000])
+    response = api.client.post(
+        "/v1/results", json={"results": [trace(right, worked(right)), bad]}, headers=volunteer
+    )
+    assert response.status_code == 200, response.text
+    assert [a["status"] for a in response.json()["acks"]] == ["accepted", "rejected"]
+    assert "vocabulary of 320" in response.json()["acks"][1]["reason"]
+    retry = api.client.post(
+        "/v1/results", json={"results": [trace(wrong, worked(wrong, correct=False))]}, headers=volunteer
+    )
+    assert [a["status"] for a in retry.json()["acks"]] == ["accepted"]
+    done = wait_for(api, created["id"], {"done"})
+    assert done["metrics"]["latest"]["rollouts"] == 2 and done["metrics"]["groups"] == {"used": 1}
