@@ -33,7 +33,14 @@ def test_campaign_completes_and_dumps(cluster: Cluster) -> None:
     assert p["accepted"] > 0 and p["completion_tokens"] > 0
     researcher = {"Authorization": f"Bearer {cluster.operator}"}
     url = f"{cluster.url}/v1/datasets/{campaign_id}/export?format=parquet"
-    table = pq.read_table(io.BytesIO(httpx.get(url, headers=researcher, timeout=60).content))
+    # A dump takes a trace only once its spot-check is passed or skipped; the spot-checks drawn for
+    # these new workers run on the task workers after the campaign is done.
+    deadline = time.monotonic() + 120
+    while True:
+        table = pq.read_table(io.BytesIO(httpx.get(url, headers=researcher, timeout=60).content))
+        if table.num_rows >= p["accepted"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert table.num_rows == p["accepted"]
     assert set(table.column("passed").to_pylist()) == {True}
     for proc in cluster.workers:
