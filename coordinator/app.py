@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy import text
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import errors
@@ -24,8 +29,7 @@ from coordinator.campaigns.endpoints import router as campaigns_router
 from coordinator.config import Settings
 from coordinator.datasets.endpoints import router as datasets_router
 from coordinator.db import migrate, transaction
-from coordinator.deps import OperatorDep, SessionDep
-from coordinator.jobs import repository as jobs_repository
+from coordinator.deps import PRINCIPAL_KEY, OperatorDep, SessionDep, authenticate, bearer, principal
 from coordinator.jobs.endpoints import router as jobs_router
 from coordinator.metrics import Metrics
 from coordinator.pipeline.endpoints import router as pipeline_router
@@ -72,7 +76,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -81,8 +86,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal error")
 
 
+class _BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"requests are limited to {limit} bytes")
+
+
 class _Guard:
-    """Size and protocol checks before any work; metrics and the protocol header on every response.
+    """Size, transfer-coding and protocol checks before any work; metrics and the protocol header on
+    every response.
 
     A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) runs every
     request through a task group and memory streams, which costs more than a lease itself.
@@ -112,24 +123,92 @@ class _Guard:
                 message["headers"] = [*message.get("headers", ()), self.header]
             await send(message)
 
-        await self.app(scope, receive, send_stamped)
+        await self.app(scope, self._counted(receive), send_stamped)
         route = getattr(scope.get("route"), "path", "unmatched")
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    def _counted(self, receive: Receive) -> Receive:
+        """`receive` that stops a body at the size limit as it arrives, whatever the headers said:
+        reading past it raises a 413 (FastAPI passes HTTP errors from body reading through)."""
+        limit, received = self.settings.max_request_bytes, 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        return counted
 
     def _refusal(self, headers: Headers) -> JSONResponse | None:
         limit = self.settings.max_request_bytes
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return error_response(413, "payload_too_large", f"requests are limited to {limit} bytes")
-        if headers.get("transfer-encoding", "").lower() == "chunked" and length is None:
-            return error_response(411, "length_required", "send a Content-Length header")
+        codings = ",".join(headers.getlist("transfer-encoding"))
+        if codings:
+            return _coding_refusal(codings, length is not None)
         version = headers.get(PROTOCOL_HEADER)
         if version is not None and version != str(PROTOCOL_VERSION):
             message = f"this coordinator speaks protocol {PROTOCOL_VERSION}"
             details = {"server": PROTOCOL_VERSION, "client": version}
             return error_response(426, "protocol_mismatch", message, details)
         return None
+
+
+def _coding_refusal(codings: str, has_length: bool) -> JSONResponse:
+    """Bodies come with a Content-Length and no Transfer-Encoding: a coding (gzip, ...) would have
+    to be undone before the size limit could be applied, and both headers at once is how requests
+    are smuggled past proxies that read the other one."""
+    if [c.strip().lower() for c in codings.split(",")] != ["chunked"]:
+        message = f"transfer coding {codings!r} is not supported; send the body with a Content-Length"
+        return error_response(501, "unsupported_transfer_encoding", message)
+    if has_length:
+        return error_response(400, "bad_request", "send Content-Length or Transfer-Encoding, not both")
+    return error_response(411, "length_required", "send a Content-Length header")
+
+
+class _Authenticate:
+    """Checks the bearer token of a call to any route that needs one before the call's body is read,
+    so an unknown caller cannot make the coordinator receive and parse megabytes first; the caller
+    found is left in the scope for the `principal` dependency (no second lookup)."""
+
+    def __init__(self, app: ASGIApp, public: Sequence[re.Pattern[str]]) -> None:
+        self.app = app
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._needs_token(scope["path"]):
+            token = bearer(Headers(scope=scope).get("authorization"))
+            try:
+                scope[PRINCIPAL_KEY] = await authenticate(scope["app"].state.runtime, token)
+            except errors.FlywheelError as exc:
+                refusal = error_response(exc.status_code, exc.code, exc.message, exc.details)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _needs_token(self, path: str) -> bool:
+        return path.startswith(API_PREFIX) and not any(p.match(path) for p in self.public)
+
+
+def _uses_principal(dependant: Dependant) -> bool:
+    return any(d.call is principal or _uses_principal(d) for d in dependant.dependencies)
+
+
+def _public_paths(routers: Sequence[tuple[str, APIRouter]]) -> list[re.Pattern[str]]:
+    """The API routes any caller may use (registration, info): those not depending on `principal`."""
+    paths = [
+        prefix + route.path
+        for prefix, router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and not _uses_principal(route.dependant)
+    ]
+    return [compile_path(path)[0] for path in paths if path.startswith(API_PREFIX)]
 
 
 def _sweeper(runtime: Runtime, stop: threading.Event) -> None:
@@ -159,7 +238,8 @@ def _meta_router(metrics: Metrics) -> APIRouter:
 
     @router.get("/healthz", tags=["meta"])
     def healthz(session: SessionDep) -> dict[str, str]:
-        jobs_repository.count_by_status(session)
+        # The database answers: nothing more, since anyone may ask (rate-limited per address).
+        session.execute(text("SELECT 1"))
         return {"status": "ok"}
 
     @router.get("/metrics", tags=["meta"])
@@ -207,22 +287,42 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(title="Flywheel coordinator", version=__version__, lifespan=lifespan)
     _install_error_handlers(app)
-    # Inside _Guard: a request refused for its size or protocol spends no token's budget.
-    app.add_middleware(RateLimit, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
-    for router in (
-        workers_router,
-        jobs_router,
-        results_router,
-        problems_router,
-        campaigns_router,
-        datasets_router,
-        trust_router,
-        pipeline_router,
-    ):
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(_meta_router(metrics))
+    routers = [
+        (API_PREFIX, router)
+        for router in (
+            workers_router,
+            jobs_router,
+            results_router,
+            problems_router,
+            campaigns_router,
+            datasets_router,
+            trust_router,
+            pipeline_router,
+        )
+    ]
+    routers.append(("", _meta_router(metrics)))
+    for prefix, router in routers:
+        app.include_router(router, prefix=prefix)
+    _add_middleware(app, settings, metrics, _public_paths(routers))
     return app
+
+
+def _add_middleware(
+    app: FastAPI, settings: Settings, metrics: Metrics, public: Sequence[re.Pattern[str]]
+) -> None:
+    """Outermost first: _Guard, RateLimit, _Authenticate. A request refused for its size or protocol
+    spends no budget, and an unknown token is looked up only within its address's budget."""
+    app.add_middleware(_Authenticate, public=public)
+    app.add_middleware(
+        RateLimit,
+        rate=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+        registration_per_s=settings.registration_per_hour / 3600,
+        registration_burst=settings.registration_burst,
+        auth_cache_s=settings.auth_cache_s,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    app.add_middleware(_Guard, settings=settings, metrics=metrics)
 
 
 __all__ = ["create_app", "transaction"]

@@ -44,22 +44,35 @@ def session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(session, scope="function")]
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, if any."""
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
     return None
 
 
-async def principal(
-    rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None
-) -> workers.Principal:
-    token, ttl_s = _bearer(authorization), rt.settings.auth_cache_s
+# Where the API's authentication middleware leaves the caller it found (coordinator.app).
+PRINCIPAL_KEY = "flywheel.principal"
+
+
+async def authenticate(rt: Runtime, token: str | None) -> workers.Principal:
+    """The holder of `token`: from this process's memory, else looked up in a thread."""
+    ttl_s = rt.settings.auth_cache_s
     known = workers.remembered(token, ttl_s)
     if known is not None:
         return known
     # Authentication uses its own short transaction, so a rejected caller never touches state.
     sessions = partial(transaction, rt.sessions)
     return await run_in_threadpool(workers.authenticate_and_remember, sessions, token, ttl_s)
+
+
+async def principal(
+    request: Request, rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+) -> workers.Principal:
+    checked = request.scope.get(PRINCIPAL_KEY)
+    if isinstance(checked, workers.Principal):
+        return checked
+    return await authenticate(rt, bearer(authorization))
 
 
 PrincipalDep = Annotated[workers.Principal, Depends(principal)]

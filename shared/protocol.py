@@ -88,6 +88,8 @@ class RegisterRequest(Wire):
     engine: EngineInfo
     hardware: HardwareInfo = Field(default_factory=HardwareInfo)
     models: list[Name] = Field(default_factory=list, max_length=64)
+    # Needed only where the coordinator's registration mode is `invite`.
+    invite_code: str | None = Field(default=None, max_length=256)
 
 
 class RegisterResponse(Wire):

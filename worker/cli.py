@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(run)
     register = commands.add_parser("register", help="register this worker and print its token")
     _common(register)
+    register.add_argument(
+        "--invite-code", help="invite code from the coordinator's operator (coordinators in invite mode)"
+    )
     for name, text in (
         ("pause", "pause the running daemon (it gives its leases back; survives restarts)"),
         ("resume", "resume a paused daemon"),
@@ -211,7 +214,7 @@ def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, control
         engine.close()
 
 
-def register(config: WorkerConfig) -> int:
+def register(config: WorkerConfig, invite_code: str | None = None) -> int:
     from shared.protocol import EngineInfo, RegisterRequest
     from worker.client import CoordinatorClient
     from worker.hardware import detect_hardware
@@ -219,7 +222,11 @@ def register(config: WorkerConfig) -> int:
     configure_logging(config.log_level)
     engine = EngineInfo(name=config.engine)
     request = RegisterRequest(
-        name=config.name, engine=engine, hardware=detect_hardware(), models=[config.model]
+        name=config.name,
+        engine=engine,
+        hardware=detect_hardware(),
+        models=[config.model],
+        invite_code=invite_code,
     )
     timeout = config.request_timeout_s
     with CoordinatorClient(config.coordinator, retry=config.retry, timeout_s=timeout) as client:
@@ -298,8 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command in {"pause", "resume", "status"}:
             return control(command, args)
+        invite_code = args.pop("invite_code", None)
         config = load_config(args)
-        return run(config) if command == "run" else register(config)
+        return run(config) if command == "run" else register(config, invite_code)
     except ConfigError as exc:
         print(f"flywheel worker: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -5,10 +5,10 @@ import uuid
 from fastapi import APIRouter
 
 from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
-from coordinator.errors import Forbidden
 from coordinator.workers import service
 from coordinator.workers.models import Worker
 from shared.protocol import (
+    ErrorBody,
     RegisterRequest,
     RegisterResponse,
     Routes,
@@ -21,11 +21,16 @@ from shared.protocol import (
 router = APIRouter(tags=["workers"])
 
 
-@router.post(Routes.register, response_model=RegisterResponse, status_code=201)
+@router.post(
+    Routes.register,
+    response_model=RegisterResponse,
+    status_code=201,
+    responses={403: {"model": ErrorBody, "description": "registration closed, or no valid invite code"}},
+)
 def register(body: RegisterRequest, session: SessionDep, rt: RuntimeDep) -> RegisterResponse:
-    if not rt.settings.registration_open:
-        raise Forbidden("registration is closed; ask an operator for a token")
+    service.check_registration(rt.settings, body.invite_code)
     worker, token = service.create(session, body.name, Scope.volunteer, body)
+    service.remember(token, worker, rt.settings.auth_cache_s)
     return RegisterResponse(worker_id=worker.id, token=token, scope=Scope.volunteer)
 
 

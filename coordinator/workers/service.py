@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from coordinator.config import Settings
 from coordinator.db import utcnow
 from coordinator.errors import Forbidden, NotFound, Unauthorized
 from coordinator.jobs import repository as jobs_repository
@@ -55,6 +57,34 @@ def create(
     return worker, token
 
 
+def check_registration(settings: Settings, invite_code: str | None) -> None:
+    """Refuse a self-registration the coordinator's registration mode does not allow."""
+    mode = settings.registration
+    if mode == "closed":
+        raise Forbidden("registration is closed; ask an operator for a token")
+    if mode == "invite" and not _valid_invite(invite_code, settings.registration_invite_codes):
+        raise Forbidden("registration needs a valid invite code; ask an operator for one")
+
+
+def _valid_invite(code: str | None, codes: Sequence[str]) -> bool:
+    # Every code is compared in constant time, so timing tells nothing about any of them.
+    given = (code or "").encode()
+    matches = [hmac.compare_digest(given, known.encode()) for known in codes]
+    return bool(code) and any(matches)
+
+
+def principal_of(worker: Worker) -> Principal:
+    dtype = str((worker.engine or {}).get("dtype") or "")
+    return Principal(worker_id=worker.id, scope=Scope(worker.scope), name=worker.name, engine_dtype=dtype)
+
+
+def remember(token: str, worker: Worker, ttl_s: float) -> None:
+    """Remember a new token's holder: its first request then needs no lookup, and the rate limiter
+    budgets it as a known worker rather than by its address."""
+    if ttl_s > 0:
+        _principals.put(hash_token(token), principal_of(worker), ttl_s)
+
+
 def authenticate(session: Session, token: str | None) -> Principal:
     if not token:
         raise Unauthorized("missing bearer token")
@@ -63,8 +93,7 @@ def authenticate(session: Session, token: str | None) -> Principal:
         raise Unauthorized("unknown or revoked token")
     if worker.banned:
         raise Forbidden("this token is banned", details={"worker_id": str(worker.id)})
-    dtype = str((worker.engine or {}).get("dtype") or "")
-    return Principal(worker_id=worker.id, scope=Scope(worker.scope), name=worker.name, engine_dtype=dtype)
+    return principal_of(worker)
 
 
 class _Recent:
