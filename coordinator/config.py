@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,7 +39,28 @@ class Settings(BaseSettings):
         description="a lease ends this long after it was granted, however often it is heartbeated",
     )
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    registration_open: bool = True
+    # Security (docs/protocol.md, "Security"): who may register, and how fast one address may.
+    registration_mode: Literal["open", "invite", "closed"] | None = Field(
+        default=None,
+        description="open: anyone may register; invite: only with one of registration_invite_codes; "
+        "closed: operators create tokens (default: open, or closed where the older "
+        "FLYWHEEL_REGISTRATION_OPEN=false is set)",
+    )
+    registration_open: bool = Field(default=True, description="deprecated: use registration_mode")
+    registration_invite_codes: list[str] = Field(
+        default_factory=list, description="codes accepted in invite mode (JSON list in the environment)"
+    )
+    registration_per_hour: float = Field(
+        default=30.0, ge=0, description="registrations per hour per client address, sustained (0: no limit)"
+    )
+    registration_burst: int = Field(
+        default=30, ge=1, description="registrations one address may send at once"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For names the client; "
+        "empty: the connecting address is the client",
+    )
     auto_migrate: bool = Field(default=True, description="apply migrations when the API starts")
     db_pool_size: int = Field(
         default=20,
@@ -85,6 +106,19 @@ class Settings(BaseSettings):
         default=20.0, ge=0, description="requests per second per token, sustained (0: no limit)"
     )
     rate_limit_burst: int = Field(default=100, ge=1, description="requests a token may send at once")
+
+    @model_validator(mode="after")
+    def _invite_mode_has_codes(self) -> Settings:
+        if self.registration == "invite" and not self.registration_invite_codes:
+            raise ValueError("registration_mode=invite needs registration_invite_codes")
+        return self
+
+    @property
+    def registration(self) -> Literal["open", "invite", "closed"]:
+        """The registration mode in force (`registration_mode`, else the older boolean)."""
+        if self.registration_mode is not None:
+            return self.registration_mode
+        return "open" if self.registration_open else "closed"
 
     @property
     def sqlite_path(self) -> Path | None:
