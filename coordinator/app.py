@@ -59,6 +59,23 @@ log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
 
 
+# Statuses any API call may be answered with, whatever the route (the middleware and the request
+# parsing answer them), documented once for every operation.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "the body cannot be parsed",
+        401: "missing or unknown bearer token",
+        403: "banned token, or a scope that may not do this",
+        404: "no such resource",
+        413: "the body is over max_request_bytes",
+        422: "the request is malformed",
+        426: "the client speaks another protocol version",
+        429: "over the rate limit; see Retry-After",
+    }.items()
+}
+
+
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details))
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
@@ -302,7 +319,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     ]
     routers.append(("", _meta_router(metrics)))
     for prefix, router in routers:
-        app.include_router(router, prefix=prefix)
+        app.include_router(router, prefix=prefix, responses=COMMON_ERRORS)
     _add_middleware(app, settings, metrics, _public_paths(routers))
     return app
 

@@ -8,7 +8,7 @@ from functools import partial
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -127,6 +127,10 @@ def wire(model: BaseModel) -> Response:
     """
     return Response(model.model_dump_json(), media_type="application/json")
 
+
+# Paging parameters, bounded so that no value can overflow a database integer (a 500 on SQLite).
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 VolunteerDep = Annotated[workers.Principal, Depends(volunteer)]
 OperatorDep = Annotated[workers.Principal, Depends(operator)]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from coordinator.db import transaction
-from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
+from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
 from coordinator.trust import service, tasks
 from coordinator.trust.schemas import Requeued, TrustOut, ValidationOut
 from shared.protocol import Routes, TokenOut
@@ -18,9 +19,9 @@ WORKER = Routes.workers + "/{worker_id}"
 
 @router.get("/trust/workers", response_model=list[TrustOut])
 def records(
-    session: SessionDep, rt: RuntimeDep, _: OperatorDep, limit: int = 100, offset: int = 0
+    session: SessionDep, rt: RuntimeDep, _: OperatorDep, limit: Limit = 100, offset: Offset = 0
 ) -> list[TrustOut]:
-    return service.records(session, rt.settings.validation_floor, min(max(limit, 1), 1000), max(offset, 0))
+    return service.records(session, rt.settings.validation_floor, limit, offset)
 
 
 @router.get(WORKER + "/trust", response_model=TrustOut)
@@ -34,10 +35,10 @@ def validations(
     _: OperatorDep,
     worker_id: uuid.UUID | None = None,
     status: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Offset = 0,
 ) -> list[ValidationOut]:
-    return service.validations(session, worker_id, status, min(max(limit, 1), 10_000), max(offset, 0))
+    return service.validations(session, worker_id, status, limit, offset)
 
 
 @router.post(WORKER + "/trust/restore", response_model=TrustOut)

@@ -4,7 +4,7 @@ import uuid
 
 from fastapi import APIRouter
 
-from coordinator.deps import OperatorDep, RuntimeDep, SessionDep
+from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
 from coordinator.workers import service
 from coordinator.workers.models import Worker
 from shared.protocol import (
@@ -45,8 +45,10 @@ def _out(session: SessionDep, worker: Worker) -> WorkerOut:
 
 
 @router.get(Routes.workers, response_model=list[WorkerOut])
-def list_workers(session: SessionDep, _: OperatorDep, limit: int = 100, offset: int = 0) -> list[WorkerOut]:
-    return [_out(session, w) for w in service.list_workers(session, min(limit, 1000), max(offset, 0))]
+def list_workers(
+    session: SessionDep, _: OperatorDep, limit: Limit = 100, offset: Offset = 0
+) -> list[WorkerOut]:
+    return [_out(session, w) for w in service.list_workers(session, limit, offset)]
 
 
 @router.post(Routes.workers + "/{worker_id}/ban", response_model=WorkerOut)

@@ -201,3 +201,13 @@ def test_health_is_one_cheap_query(api: Api) -> None:
 def test_health_is_limited_per_address(database_url: str) -> None:
     with serve(make_settings(database_url, rate_limit_per_s=0.01, rate_limit_burst=2)) as api:
         assert [api.client.get("/healthz").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_what_the_fuzzer_found_is_a_clear_422(api: Api) -> None:
+    # Both were 500s: a pydantic error escaping the import, and SQLite overflowing on a huge offset.
+    imported = api.client.post("/v1/problem-sets/import?name=", content=b"", headers=api.operator)
+    assert imported.status_code == 422 and imported.json()["error"]["code"] == "validation_error"
+    for path in ("/v1/trust/validations", "/v1/trust/workers", "/v1/workers"):
+        for query in (f"offset={2**70}", f"limit={2**70}", "limit=0", "offset=-1"):
+            response = api.client.get(f"{path}?{query}", headers=api.operator)
+            assert response.status_code == 422, (path, query, response.text)

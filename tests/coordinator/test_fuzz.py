@@ -1,0 +1,90 @@
+"""Schemathesis against the coordinator's own OpenAPI schema, over HTTP to a real uvicorn server.
+
+Every operation gets a bounded number of generated requests with an operator token; any 5xx, or a
+status the schema does not document, fails. Token rotation and bans are left out: a generated call
+could revoke or ban the very token the run uses.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, status_code_conformance
+
+from coordinator.app import create_app
+from coordinator.db import migrate, transaction
+from coordinator.runtime import build_runtime, set_runtime
+from coordinator.workers import service as workers
+from shared.protocol import Scope
+from tests.coordinator.conftest import make_settings
+
+EXAMPLES = 8  # per operation: enough to hit bounds and empty strings, quick enough for CI
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A coordinator on SQLite served by uvicorn in a thread; its base URL and an operator token."""
+    path: Path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
+    # No rate limits: the run sends hundreds of requests from one address.
+    config = make_settings(f"sqlite:///{path}", rate_limit_per_s=0, registration_per_hour=0)
+    migrate(config)
+    runtime = build_runtime(config)
+    set_runtime(runtime)
+    with transaction(runtime.sessions) as session:
+        _, token = workers.create(session, "fuzz-operator", Scope.operator)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config, runtime), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the coordinator did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", token
+    server.should_exit = True
+    thread.join(timeout=30)
+    runtime.close()
+    set_runtime(None)
+
+
+@pytest.fixture(scope="module")
+def api_schema(coordinator: tuple[str, str]) -> schemathesis.BaseSchema:
+    base_url, _ = coordinator
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    return schema.exclude(path_regex=r"/(token|ban)$")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+def test_no_server_errors_and_only_documented_statuses(
+    case: schemathesis.Case, coordinator: tuple[str, str]
+) -> None:
+    base_url, token = coordinator
+    case.call_and_validate(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        checks=[not_a_server_error, status_code_conformance],
+        timeout=60,
+    )
