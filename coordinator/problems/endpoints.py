@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -13,7 +14,9 @@ from coordinator.problems import service
 from shared.protocol import ErrorBody, ProblemSetCreate, ProblemSetOut, Routes
 
 router = APIRouter(tags=["problems"])
-CREATED = {409: {"model": ErrorBody, "description": "a set of that name exists, or repeated problem ids"}}
+CREATED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "a set of that name exists, or repeated problem ids"}
+}
 
 
 @router.post(Routes.problem_sets, response_model=ProblemSetOut, status_code=201, responses=CREATED)
