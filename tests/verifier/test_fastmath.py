@@ -92,6 +92,12 @@ NOT_EQUAL = [
     ("[1,2)", "[1,2]"),
     ("(1,3)\\cup(3,4)", "(1,4)"),
     ("(-\\infty,0)", "(-\\infty,1)"),
+    # an equation of constants is no value, true or not (math-verify alone reads its right side)
+    ("5", "3=5"),
+    ("5", "5=5"),
+    ("5", "\\frac{10}{2}=5"),
+    ("\\sqrt{2}", "1=\\sqrt{2}"),
+    ("\\{1,2\\}", "3=5"),
 ]
 
 UNDECIDED = [

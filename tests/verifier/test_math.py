@@ -103,6 +103,34 @@ def test_known_false_positives_are_rejected(gold: str, answer: str) -> None:
     assert verdict.score == 0.0 and not verdict.passed
 
 
+@pytest.mark.parametrize(
+    ("answer", "path"),
+    [
+        # An equation answer stands for its right side only as `name = value`: math-verify alone
+        # compares the right side of any equation, so each of these scored 1 for the gold 5.
+        ("3 = 5", "fast-symbolic"),
+        ("5 = 5", "fast-symbolic"),
+        ("\\frac{10}{2} = 5", "fast-symbolic"),
+        ("e = 5", "fast-symbolic"),
+        ("2x + z = 5", "symbolic"),
+        ("x = 3 = 5", "symbolic"),
+        ("xy = 5", "symbolic"),
+        ("x \\leq 5", "symbolic"),
+    ],
+)
+def test_an_equation_is_an_answer_only_as_name_equals_value(answer: str, path: str) -> None:
+    verdict = check("5", "\\boxed{" + answer + "}")
+    assert verdict.score == 0.0 and not verdict.passed, verdict
+    assert verdict.details["path"] == path
+
+
+@pytest.mark.parametrize("answer", ["x = 5", "a_{n} = 5", "\\alpha = 5", "f(x) = 5"])
+def test_an_assignment_is_compared_by_its_value(answer: str) -> None:
+    verdict = check("5", "\\boxed{" + answer + "}")
+    assert verdict.passed, verdict.reason
+    assert not check("6", "\\boxed{" + answer + "}").passed
+
+
 def test_percent_can_be_ignored_for_datasets_that_drop_the_sign() -> None:
     assert check("10", "\\boxed{10\\%}", percent="ignore").passed
     assert not check("10", "\\boxed{10\\%}").passed

@@ -14,6 +14,8 @@ Scalars:
   for every check, so an answer cannot be fitted to known points); a difference at any point
   is a proof of inequality, agreement at every point is equality with probability at least
   1 - (degree / 2^61)^POINTS (Schwartz-Zippel). Decimals with variables are undecided.
+Equations: `v = f` is compared as f (math-verify's reading); an answer `constant = f` (`3 = 5`)
+is not equal to any gold that is no equation, whatever f is.
 Structures: tuples in order; sets (and comma lists, which math-verify reads as sets) without
 regard to order or repeats; intervals and unions of intervals as sets of reals, after merging
 overlapping and touching parts. Their elements follow the scalar rules, also where math-verify
@@ -33,6 +35,7 @@ from verifier.fastmath import surd
 from verifier.fastmath.parse import (
     Add,
     Const,
+    ConstantEquation,
     Div,
     Equation,
     FiniteSet,
@@ -81,6 +84,8 @@ def _parsed_gold(gold: str, percent: str) -> Shape:
 
 
 def shapes_equal(gold: Shape, answer: Shape) -> bool | None:
+    if isinstance(gold, ConstantEquation) or isinstance(answer, ConstantEquation):
+        return _constant_equation(gold, answer)
     gold, answer = _unwrap_equations(gold, answer)
     if isinstance(gold, Scalar) and isinstance(answer, Scalar):
         return scalars_equal(gold.expr, answer.expr)
@@ -92,6 +97,15 @@ def shapes_equal(gold: Shape, answer: Shape) -> bool | None:
     if isinstance(gold, Interval | Union) and isinstance(answer, Interval | Union):
         return _intervals_equal(gold, answer)
     return None  # mixed shapes: math-verify has its own conversions between them
+
+
+def _constant_equation(gold: Shape, answer: Shape) -> bool | None:
+    """An answer `3 = 5` (or `5 = 5`) is no final answer for a gold that is no equation: a value
+    is `v` or `name = v`. math-verify alone would compare its right side, so `3 = 5` would pass
+    for 5; the symbolic path refuses it too (verifier/scoring/math_handler.py)."""
+    if isinstance(answer, ConstantEquation) and not isinstance(gold, Equation | ConstantEquation):
+        return False
+    return None  # against an equation gold, math-verify compares the relations
 
 
 def _as_interval(side: Shape, other: Shape) -> Shape:

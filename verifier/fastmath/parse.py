@@ -3,8 +3,9 @@
 Supported: integers, decimals, `\\frac` (and `\\dfrac`, `\\tfrac`, `\\cfrac`), `a/b`, `\\sqrt{}` and
 `\\sqrt[n]{}`, `^` with an integer or braced exponent, `\\pi`, `e`, single-letter variables,
 implicit multiplication, `\\cdot`, `\\times`, `\\div`, unary signs, parentheses, `x\\%` after a
-number, degree signs; and as whole answers: `v = expr`, tuples `(a, b, ...)`, intervals with
-open or closed ends (`\\infty` only there), unions of intervals, sets `\\{a, b\\}`, comma lists.
+number, degree signs; and as whole answers: `v = expr`, `constant = expr`, tuples `(a, b, ...)`,
+intervals with open or closed ends (`\\infty` only there), unions of intervals, sets `\\{a, b\\}`,
+comma lists.
 
 Where math-verify (the reference, and the fallback) reads a form unlike ordinary notation, this
 reader either reads it the same way or refuses it, so that both paths mean the same thing:
@@ -107,6 +108,14 @@ class Equation:
 
 
 @dataclass(frozen=True, slots=True)
+class ConstantEquation:
+    """`3 = 5`, `\\frac{10}{2} = 5`: an equation whose left side holds no variable."""
+
+    lhs: Node
+    rhs: Node
+
+
+@dataclass(frozen=True, slots=True)
 class Pair:
     """`(a, b, ...)`: a tuple, or for two items an open interval; either way compared in order."""
 
@@ -131,7 +140,7 @@ class FiniteSet:
     items: tuple[Node, ...]
 
 
-Shape: TypeAlias = Scalar | Equation | Pair | Interval | Union | FiniteSet
+Shape: TypeAlias = Scalar | Equation | ConstantEquation | Pair | Interval | Union | FiniteSet
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -265,10 +274,13 @@ def _closing(tokens: list[str]) -> int:
     raise Unsupported
 
 
-def _equation(left: list[str], right: list[str]) -> Equation:
-    if len(left) != 1 or left[0] not in VARIABLES:
-        raise Unsupported  # only assignments `v = ...`, which math-verify unwraps
-    return Equation(left[0], expression(right))
+def _equation(left: list[str], right: list[str]) -> Equation | ConstantEquation:
+    if len(left) == 1 and left[0] in VARIABLES:
+        return Equation(left[0], expression(right))  # an assignment `v = ...`
+    lhs = expression(left)
+    if variables(lhs):
+        raise Unsupported  # `2x + z = 5`: a relation, for math-verify (and the symbolic path's rule)
+    return ConstantEquation(lhs, expression(right))
 
 
 def _bracketed(tokens: list[str], items: list[list[str]]) -> Pair | Interval:

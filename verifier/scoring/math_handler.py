@@ -5,7 +5,8 @@ SymPy's `parse_expr`, i.e. `eval`) and the equivalence test. Its own timeouts ar
 (`parsing_timeout=None`, `timeout_seconds=None`): they rely on SIGALRM, and the service kills
 overrunning requests itself. A True from math-verify then passes an exactness guard, because
 math-verify compares numbers after rounding to 6 digits, which equates 1/2^99 with 1/2^98 and
-0.1234567 with 0.1234568.
+0.1234567 with 0.1234568. Before that, an answer that is an equation or inequality where the
+gold is none must be `name = value` (see `relation_reason`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 import sympy
 from math_verify import LatexExtractionConfig, parse, verify
+from sympy.core.function import AppliedUndef
+from sympy.core.relational import Equality, Relational
+from sympy.logic.boolalg import And
 
 # math-verify parses LaTeX with an ANTLR grammar and never evaluates text, so requests can run in
 # the service process itself, keeping SymPy's caches warm (several times faster than a fresh
@@ -51,11 +55,43 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     answer = _parse(str(payload["answer"]))
     if not answer:
         return {"equal": False, "reason": "the answer could not be parsed"}
+    refused = relation_reason(gold, answer)
+    if refused is not None:
+        return {"equal": False, "reason": refused}
     if not verify(gold, answer, timeout_seconds=None):
         return {"equal": False, "reason": "not equivalent to the reference answer"}
     if not exact_enough(gold[0], answer[0]):
         return {"equal": False, "reason": "equal only after rounding"}
     return {"equal": True, "reason": ""}
+
+
+def relation_reason(gold: list[Any], answer: list[Any]) -> str | None:
+    """Why an equation or inequality answer cannot stand for a gold that is none, or None.
+
+    math-verify compares any equation answer by its last right-hand side when the gold is no
+    equation, so `3 = 5`, `2x + z = 5` and `x = 3 = 5` would all pass for 5. An answer relation
+    stands for a value only as one assignment `name = value` (`x = 5`, `a_n = 5`, `f(x) = 5`)."""
+    if any(_is_relation(item) for item in gold):
+        return None  # relation against relation: math-verify's own comparison
+    for item in answer:
+        if _is_relation(item) and not _is_assignment(item):
+            return "an equation is a final answer only as `name = value`"
+    return None
+
+
+def _is_relation(item: Any) -> bool:
+    if isinstance(item, And):
+        return any(_is_relation(arg) for arg in item.args)
+    return isinstance(item, Relational)
+
+
+def _is_assignment(item: Any) -> bool:
+    if not isinstance(item, Equality):
+        return False
+    lhs = item.lhs
+    if isinstance(lhs, AppliedUndef):
+        return all(isinstance(arg, sympy.Symbol) for arg in lhs.args)
+    return isinstance(lhs, sympy.Symbol)
 
 
 def _rational(expr: sympy.Expr) -> sympy.Expr:
