@@ -26,6 +26,12 @@ DEFAULT_OUTPUT_BYTES = 1 << 20
 # Per submission: 1,000 tests that each sleep to their limit must not hold a verifier for an hour.
 DEFAULT_BUDGET_S = 60.0
 STARTUP_ALLOWANCE_S = 10.0
+CONFIG_KEYS = frozenset(
+    {"language", "style", "tests", "entry_point", "prelude", "compare", "float_tol", "time_limit_s"}
+    | {"memory_mb", "output_limit_bytes", "budget_s", "task_id"}
+)
+STDIO_TEST_KEYS, STDIO_REQUIRED = frozenset({"stdin", "stdout"}), frozenset({"stdout"})
+CALL_TEST_KEYS, CALL_REQUIRED = frozenset({"args", "kwargs", "expected"}), frozenset({"args", "expected"})
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 _THINK_END = "</think>"
 
@@ -88,10 +94,9 @@ class CodeConfig:
         compare = str(config.get("compare", "lines"))
         if compare not in ("exact", "lines", "tokens"):
             raise SpecError(f"unknown compare mode {compare!r}")
-        if style == "call":
-            for test in tests:  # fail on a malformed spec now, not halfway through judging
-                values.decode(test.get("args", []))
-                values.decode(test.get("expected"))
+        _check_keys("config", config, CONFIG_KEYS, required=frozenset({"tests"}))
+        for index, test in enumerate(tests):  # fail on a malformed spec now, not halfway through judging
+            check_test(style, index, test)
         limits = _bounded(config)
         return cls(
             language=language,
@@ -113,6 +118,39 @@ class CodeConfig:
             "nproc": 16,
             "fsize_mb": 16,
         }
+
+
+def check_test(style: str, index: int, test: dict[str, Any]) -> None:
+    """One test case, strictly: known keys only, the required ones present, each of its type.
+
+    A test with unknown keys (`{"input", "output"}`) would otherwise read as empty input and
+    empty expected output, which an empty program passes."""
+    where = f"test {index}"
+    if style == "stdio":
+        _check_keys(where, test, STDIO_TEST_KEYS, STDIO_REQUIRED)
+        for key in sorted(test):
+            if type(test[key]) is not str:
+                raise SpecError(f"{where}: {key!r} must be a string")
+        return
+    _check_keys(where, test, CALL_TEST_KEYS, CALL_REQUIRED)
+    try:
+        args, kwargs = values.decode(test["args"]), values.decode(test.get("kwargs", {"$dict": []}))
+        values.decode(test["expected"])  # any typed value may be expected; it must decode
+    except values.ValueFormatError as exc:
+        raise SpecError(f"{where}: not in the typed encoding: {exc}") from exc
+    if type(args) is not list:
+        raise SpecError(f"{where}: 'args' must be an array of encoded arguments")
+    if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+        raise SpecError(f"{where}: 'kwargs' must be an encoded dict with string keys")
+
+
+def _check_keys(where: str, given: dict[str, Any], known: frozenset[str], required: frozenset[str]) -> None:
+    unknown = sorted(str(key) for key in given if key not in known)
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; known: {sorted(known)}")
+    missing = sorted(required - given.keys())
+    if missing:
+        raise SpecError(f"{where}: missing key {missing[0]!r}")
 
 
 def _bounded(config: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +337,7 @@ def spec_from_humaneval(record: dict[str, Any]) -> VerifierSpec:
         raise SpecError(f"{record.get('task_id')}: the tests never call {entry}")
     config = {"language": "python", "style": "call", "entry_point": entry, "prelude": record["prompt"]}
     config.update(tests=tests, task_id=record.get("task_id"))
+    CodeConfig.parse(config)  # a recorded call outside the typed encoding fails here, not when judged
     return VerifierSpec(kind="code", gold=None, config=config)
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coordinator.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from coordinator.errors import BadRequest, Conflict, FlywheelError, NotFound, ValidationFailed
 from coordinator.problems import repository
 from coordinator.problems.models import ProblemSet
 from coordinator.problems.sources import builtin
@@ -26,20 +26,49 @@ def verifier_spec(problem: ProblemIn) -> VerifierSpec:
         return VerifierSpec(kind="math", gold=problem.answer)
     if problem.verifier == "reasoning_gym":
         entry = problem.metadata.get("entry") or {"answer": problem.answer, "metadata": problem.metadata}
-        dataset = problem.metadata.get("dataset")
-        if not dataset:
-            raise BadRequest(f"problem {problem.id}: reasoning_gym problems need metadata.dataset")
-        return VerifierSpec(
-            kind="reasoning_gym", gold=problem.answer, config={"dataset": dataset, "entry": entry}
-        )
+        config = {"dataset": _rg_dataset(problem), "entry": entry}
+        return VerifierSpec(kind="reasoning_gym", gold=problem.answer, config=config)
     record = problem.metadata.get("record")
     if record is not None:
         from verifier.code import spec_from_humaneval
+        from verifier.errors import SpecError
 
-        return spec_from_humaneval(record)
+        try:
+            return spec_from_humaneval(record)
+        except SpecError as exc:
+            raise ValidationFailed(f"problem {problem.id!r}: {exc}") from exc
+    return VerifierSpec(kind="code", config=_code_config(problem))
+
+
+def check_problem(problem: ProblemIn) -> None:
+    """The checks of `verifier_spec` that need no sandbox, run while a file is parsed so that
+    every bad line is reported at once (a HumanEval record is checked when its spec is built)."""
+    if problem.verifier == "reasoning_gym":
+        _rg_dataset(problem)
+    elif problem.verifier == "code" and problem.metadata.get("record") is None:
+        _code_config(problem)
+
+
+def _rg_dataset(problem: ProblemIn) -> str:
+    dataset = problem.metadata.get("dataset")
+    if not dataset:
+        raise BadRequest(f"problem {problem.id!r}: reasoning_gym problems need metadata.dataset")
+    return str(dataset)
+
+
+def _code_config(problem: ProblemIn) -> dict[str, Any]:
+    """A code problem's test spec (its `answer`), refused unless the verifier would read it as
+    written: a test with unknown keys would otherwise reward an empty program."""
+    from verifier.code import CodeConfig
+    from verifier.errors import SpecError
+
     if not isinstance(problem.answer, dict):
-        raise BadRequest(f"problem {problem.id}: code problems need `answer` in the code test format")
-    return VerifierSpec(kind="code", config=problem.answer)
+        raise ValidationFailed(f"problem {problem.id!r}: code problems need `answer` in the code test format")
+    try:
+        CodeConfig.parse(problem.answer)
+    except (SpecError, TypeError, ValueError) as exc:  # float("soon") is a ValueError
+        raise ValidationFailed(f"problem {problem.id!r}: bad code spec: {exc}") from exc
+    return problem.answer
 
 
 def _row(set_id: uuid.UUID, problem: ProblemIn) -> dict[str, Any]:
@@ -66,13 +95,19 @@ def parse_jsonl(lines: Iterable[str | bytes]) -> Iterator[ProblemIn]:
         if not line.strip():
             continue
         try:
-            parsed.append(ProblemIn.model_validate(json.loads(line)))
+            problem = ProblemIn.model_validate(json.loads(line))
+            check_problem(problem)
         except (json.JSONDecodeError, ValidationError) as exc:
             errors.append({"line": number, "error": str(exc).splitlines()[0][:300]})
-            if len(errors) >= MAX_LINE_ERRORS:
-                break
+        except FlywheelError as exc:
+            errors.append({"line": number, "error": exc.message[:300]})
+        else:
+            parsed.append(problem)
+        if len(errors) >= MAX_LINE_ERRORS:
+            break
     if errors:
-        raise ValidationFailed("the problem file has invalid lines; nothing was imported", details=errors)
+        first = f"line {errors[0]['line']}: {errors[0]['error']}"
+        raise ValidationFailed(f"the problem file has invalid lines; nothing was imported ({first})", errors)
     if not parsed:
         raise ValidationFailed("the problem file holds no problems")
     return iter(parsed)

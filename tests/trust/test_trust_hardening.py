@@ -124,7 +124,7 @@ def test_job_specs_carry_no_answers_or_tests(trust_api: Api) -> None:
         json.dumps({"id": "q1", "prompt": "What is the product of the first primes?", "answer": secret}),
         json.dumps({
             "id": "q2", "prompt": "Write add(a, b).", "verifier": "code",
-            "answer": {"tests": [{"input": "1 2", "output": secret}]},
+            "answer": {"tests": [{"stdin": "1 2", "stdout": secret}]},
         }),
     ]  # fmt: skip
     made = trust_api.client.post(

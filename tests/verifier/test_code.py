@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,16 +114,43 @@ def test_code_extraction_prefers_the_last_python_block() -> None:
     [
         {},
         {"tests": []},
-        {"tests": [{}], "style": "call"},
-        {"tests": [{}], "language": "cobol"},
+        {"tests": [{"stdout": "1\n"}], "style": "call"},
+        {"tests": [{"stdout": "1\n"}], "language": "cobol"},
         {"tests": "x"},
-        {"tests": [{}], "time_limit_s": 1e9},
-        {"tests": [{}], "memory_mb": 0},
+        {"tests": [{"stdout": "1\n"}], "time_limit_s": 1e9},
+        {"tests": [{"stdout": "1\n"}], "memory_mb": 0},
     ],
 )
 def test_malformed_specs_score_zero_with_a_reason(config: dict[str, Any]) -> None:
     verdict = verify(VerifierSpec(kind="code", config=config), python_answer("print(1)"))
     assert verdict.score == 0.0 and verdict.reason.startswith("bad code spec")
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"tests": [{"input": "1 2\n", "output": "3\n"}]}, "unknown key 'input'"),
+        ({"tests": [{"stdin": "1 2\n", "stdout": "3\n"}, {"stdin": "", "expect": ""}]}, "test 1"),
+        ({"tests": [{"stdin": "1 2\n"}]}, "missing key 'stdout'"),
+        ({"tests": [{"stdin": 1, "stdout": ""}]}, "'stdin' must be a string"),
+        ({"tests": [{"stdout": ""}], "tset": []}, "config: unknown key 'tset'"),
+        ({"style": "call", "entry_point": "f", "tests": [{"input": [], "output": None}]}, "unknown key"),
+        ({"style": "call", "entry_point": "f", "tests": [{"args": []}]}, "missing key 'expected'"),
+        ({"style": "call", "entry_point": "f", "tests": [{"args": {"$tuple": []}, "expected": 1}]}, "'args'"),
+        (
+            {"style": "call", "entry_point": "f", "tests": [{"args": [], "kwargs": [], "expected": 1}]},
+            "'kwargs'",
+        ),
+    ],
+)
+def test_a_spec_with_a_malformed_test_rewards_nothing(config: dict[str, Any], named: str) -> None:
+    """Unknown keys used to read as empty input and empty expected output: an empty program passed."""
+    with pytest.raises(SpecError, match=re.escape(named)):
+        CodeConfig.parse(config)
+    for program in ("", "def f(*a, **k):\n    return None\n"):
+        verdict = verify(VerifierSpec(kind="code", config=config), python_answer(program))
+        assert verdict.score == 0.0 and not verdict.passed
+        assert verdict.reason.startswith("bad code spec") and named in verdict.reason
 
 
 @pytest.mark.parametrize("index", [0, 2, 32, 38])
