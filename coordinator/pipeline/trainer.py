@@ -178,4 +178,5 @@ def _restore_optimizer(optimizer: Any, folder: Path, version: int) -> None:
 
     path = folder / f"optimizer-v{version}.pt"
     if path.is_file():
-        optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        # An optimiser state is tensors and plain types: any other pickled object is refused unread.
+        optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -116,6 +116,37 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert all(float((a[k] - b[k]).abs().max()) < 1e-6 for k in a)
 
 
+class _Trap:
+    """Unpickling this creates `marker`: a resume file carrying it would run code when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_resume_file_carrying_a_pickled_object_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    from coordinator.pipeline import trainer
+
+    marker, workdir = tmp_path / "ran", tmp_path / "run"
+    workdir.mkdir()
+    torch.save(
+        {"step": 3, "curve": {"train": [], "eval": []}, "weights": _Trap(marker)}, workdir / "resume.pt"
+    )
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        sft.train(_rows(16), ModelSource(str(tiny_model_dir())), _spec(), workdir, _no_progress)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    torch.save({"state": {}, "param_groups": _Trap(marker)}, tmp_path / "optimizer-v1.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        trainer._restore_optimizer(optimizer, tmp_path, 1)
+    assert not marker.exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(("method", "lr"), [("full", 3e-4), ("lora", 3e-3)])
 def test_sft_on_a_gpu_trains_a_larger_model(method: str, lr: float, tmp_path: Path) -> None:

@@ -206,7 +206,8 @@ def _restore(model: Any, optimizer: Any, path: Path) -> _State:
 
     if not path.is_file():
         return _State()
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    # Tensors and plain types only: a resume file that holds any other object is refused unread.
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in saved["weights"].items():
