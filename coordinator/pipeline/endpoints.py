@@ -97,7 +97,9 @@ def artifact_info(sha256: str, session: SessionDep, who: PrincipalDep) -> Artifa
     return _readable(session, who, sha256)
 
 
-@router.api_route(ARTIFACTS + "/{sha256}", methods=["GET", "HEAD"], response_class=FileResponse)
+# GET and HEAD are registered apart so each has its own OpenAPI operation id.
+@router.head(ARTIFACTS + "/{sha256}", response_class=FileResponse, operation_id="artifact_head")
+@router.get(ARTIFACTS + "/{sha256}", response_class=FileResponse, operation_id="artifact_download")
 def download(sha256: str, rt: RuntimeDep, who: PrincipalDep) -> FileResponse:
     """The artifact's bytes. Supports `Range` (206 responses) so an interrupted download resumes;
     the ETag is the sha256, which is also what the client must find after hashing the whole file."""
