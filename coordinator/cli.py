@@ -144,29 +144,40 @@ def _campaign(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from coordinator.campaigns import repository as campaigns
+    from coordinator.datasets import service
+    from coordinator.db import command_sessions, read_transaction
+
+    where = service.ExportFilter(statuses=tuple(args.status))
+    with command_sessions() as sessions:
+        with read_transaction(sessions) as session:
+            campaign_id = _campaign_id(session, args.campaign)
+        rows = service.records(sessions, campaign_id, where)
+        out = Path(args.out)
+        n = service.write_parquet(rows, out) if args.format == "parquet" else _write_jsonl(rows, out)
+    print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+def _write_jsonl(rows: Any, out: Path) -> int:
     from coordinator.datasets import service
 
-    def work(session: Any) -> int:
-        campaign = campaigns.by_name(session, args.campaign)
-        if campaign is None:
-            campaign = campaigns.get(session, uuid.UUID(args.campaign))
-        if campaign is None:
-            raise SystemExit(f"no campaign {args.campaign!r}")
-        where = service.ExportFilter(statuses=tuple(args.status))
-        rows = service.records(session, campaign.id, where)
-        out = Path(args.out)
-        if args.format == "parquet":
-            return service.write_parquet(rows, out)
-        n = 0
-        with out.open("wb") as handle:
-            for chunk in service.jsonl_chunks(rows):
-                handle.write(chunk)
-                n += 1
-        return n
+    n = 0
+    with out.open("wb") as handle:
+        for chunk in service.jsonl_chunks(rows):
+            handle.write(chunk)
+            n += 1
+    return n
 
-    print(f"wrote {run_once(work)} rows to {args.out}")
-    return 0
+
+def _campaign_id(session: Any, name_or_id: str) -> uuid.UUID:
+    from coordinator.campaigns import repository as campaigns
+
+    campaign = campaigns.by_name(session, name_or_id)
+    if campaign is None:
+        campaign = campaigns.get(session, uuid.UUID(name_or_id))
+    if campaign is None:
+        raise SystemExit(f"no campaign {name_or_id!r}")
+    return campaign.id
 
 
 def _parser() -> argparse.ArgumentParser:

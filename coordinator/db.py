@@ -1,9 +1,15 @@
 """Database engine, sessions and schema migrations.
 
 SQLite (the embedded default) and PostgreSQL behave differently under concurrency. On SQLite every
-transaction starts with BEGIN IMMEDIATE, so a read-then-write (leasing) holds the single writer
-lock from its first statement and two leases can never pick the same job. On PostgreSQL the job
-repository uses row locks with SKIP LOCKED instead.
+write transaction (`transaction`) starts with BEGIN IMMEDIATE, so a read-then-write (leasing) holds
+the single writer lock from its first statement and two leases can never pick the same job; a
+deferred transaction that read first would instead fail with SQLITE_BUSY when it tried to write. On
+PostgreSQL the job repository uses row locks with SKIP LOCKED instead.
+
+Work that only reads uses `read_transaction`: a deferred BEGIN on SQLite, which in WAL mode takes no
+lock a writer waits for, and a READ ONLY transaction on PostgreSQL. Both refuse writes, so a read
+transaction can never turn into the lock upgrade above. Long reads (dataset exports) page in short
+read transactions rather than holding one open while a client downloads.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sqlalchemy import (
     ARRAY,
     JSON,
     ColumnElement,
+    Connection,
     DateTime,
     Engine,
     String,
@@ -101,6 +108,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Execution option that marks a connection's next transaction as read-only (see `read_transaction`).
+READ_ONLY = "flywheel_read_only"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    read_only = bool(conn.get_execution_options().get(READ_ONLY, False))
+    info = conn.connection.info  # per DBAPI connection: the pragma is issued only when the mode changes
+    if info.get(READ_ONLY, False) != read_only:
+        # query_only makes a write in a read transaction an error, never a deferred lock upgrade.
+        conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+        info[READ_ONLY] = read_only
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
 def _ensure_sqlite_dir(settings: Settings) -> None:
     if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +143,7 @@ def make_engine(settings: Settings) -> Engine:
         _ensure_sqlite_dir(settings)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
@@ -142,6 +163,24 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of read-only work: a snapshot that blocks no writer and refuses to write (module doc).
+
+    Committed at the end (a rollback would expire what was loaded). Keep it short: on SQLite an open
+    reader holds back WAL checkpoints, on PostgreSQL it holds a pooled connection and old row versions.
+    """
+    with factory() as session, session.begin():
+        session.connection(execution_options=_read_only_options(session))
+        yield session
+
+
+def _read_only_options(session: Session) -> dict[str, Any]:
+    if session.get_bind().dialect.name == "postgresql":
+        return {"postgresql_readonly": True}  # BEGIN READ ONLY; reset when the connection is pooled
+    return {READ_ONLY: True}
 
 
 def one_of(session: Session, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
@@ -169,13 +208,19 @@ def migrate(settings: Settings) -> None:
     command.upgrade(alembic_config(settings.database_url), "head")
 
 
-def run_once(work: Callable[[Session], Any], settings: Settings | None = None) -> Any:
-    """One command-line step: migrate, run `work` in a transaction, release the engine."""
+@contextmanager
+def command_sessions(settings: Settings | None = None) -> Iterator[sessionmaker[Session]]:
+    """Sessions for one command-line step: migrate first, release the engine after."""
     settings = settings or Settings()
     migrate(settings)
     engine = make_engine(settings)
     try:
-        with transaction(make_session_factory(engine)) as session:
-            return work(session)
+        yield make_session_factory(engine)
     finally:
         engine.dispose()
+
+
+def run_once(work: Callable[[Session], Any], settings: Settings | None = None) -> Any:
+    """One command-line step: migrate, run `work` in a transaction, release the engine."""
+    with command_sessions(settings) as factory, transaction(factory) as session:
+        return work(session)

@@ -187,15 +187,15 @@ def _watch(
 
 def _export(runtime: Any, campaign_id: Any, folder: Path) -> tuple[Path, Path]:
     from coordinator.datasets import service as datasets
-    from coordinator.db import transaction
+    from coordinator.db import read_transaction
 
     parquet, jsonl = folder / "demo-traces.parquet", folder / "demo-traces.jsonl"
     where = datasets.ExportFilter(statuses=("accepted", "rejected"))
-    with transaction(runtime.sessions) as session:
-        datasets.write_parquet(datasets.records(session, campaign_id, where), parquet)
-        with jsonl.open("wb") as handle:
-            for chunk in datasets.jsonl_chunks(datasets.records(session, campaign_id, where)):
-                handle.write(chunk)
+    datasets.write_parquet(datasets.records(runtime.sessions, campaign_id, where), parquet)
+    with jsonl.open("wb") as handle:
+        for chunk in datasets.jsonl_chunks(datasets.records(runtime.sessions, campaign_id, where)):
+            handle.write(chunk)
+    with read_transaction(runtime.sessions) as session:
         (folder / "README.md").write_text(datasets.dataset_card(session, campaign_id), encoding="utf-8")
     return parquet, jsonl
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from coordinator.datasets import service
-from coordinator.db import transaction
+from coordinator.db import read_transaction
 from coordinator.deps import ResearcherDep, RuntimeDep, SessionDep
 from shared.protocol import DatasetInfo, Routes
 
@@ -38,7 +38,7 @@ def export(
     since: datetime | None = None,
 ) -> StreamingResponse:
     where = service.ExportFilter(statuses=tuple(status), min_score=min_score, since=since)
-    with transaction(rt.sessions) as session:  # fail fast (404) before the stream starts
+    with read_transaction(rt.sessions) as session:  # fail fast (404) before the stream starts
         service.ensure_exists(session, campaign_id)
     filename = f"{campaign_id}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
@@ -48,15 +48,13 @@ def export(
 
 
 def _jsonl(rt: RuntimeDep, campaign_id: uuid.UUID, where: service.ExportFilter) -> Iterator[bytes]:
-    with transaction(rt.sessions) as session:
-        yield from service.jsonl_chunks(service.records(session, campaign_id, where))
+    yield from service.jsonl_chunks(service.records(rt.sessions, campaign_id, where))
 
 
 def _parquet(rt: RuntimeDep, campaign_id: uuid.UUID, where: service.ExportFilter) -> Iterator[bytes]:
     # Parquet's footer is written last, so the file is built on disk (not in memory) first.
     with tempfile.TemporaryFile() as spool:
-        with transaction(rt.sessions) as session:
-            service.write_parquet(service.records(session, campaign_id, where), spool)
+        service.write_parquet(service.records(rt.sessions, campaign_id, where), spool)
         spool.seek(0)
         while chunk := spool.read(1 << 20):
             yield chunk

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, select
+from sqlalchemy import ColumnElement, Row, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
@@ -33,15 +33,21 @@ def summaries(session: Session) -> list[tuple[uuid.UUID, str, str, str | None, i
     return [(r[0], r[1], r[2], r[3], int(r[4])) for r in session.execute(query)]
 
 
-def export_rows(
+ExportCursor = tuple[datetime, uuid.UUID]
+"""(created_at, id) of the last trace a page returned; the next page starts after it."""
+
+
+def export_page(
     session: Session,
     campaign_id: uuid.UUID,
     statuses: Sequence[str],
     min_score: float | None,
     since: datetime | None,
-    batch: int = 500,
-) -> Iterator[Row[Any]]:
-    """Stream joined rows in server-side batches: memory stays flat however large the dump."""
+    after: ExportCursor | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """One page of joined rows in dump order (created_at, then id) after `after`: keyset paging, so
+    each page is its own short query and no cursor stays open between pages."""
     query = (
         select(
             Trace,
@@ -59,9 +65,18 @@ def export_rows(
         .join(ProblemSet, ProblemSet.id == Problem.problem_set_id)
         .where(Trace.campaign_id == campaign_id, Trace.status.in_(statuses), _in_dumps())
         .order_by(Trace.created_at, Trace.id)
+        .limit(limit)
     )
     if min_score is not None:
         query = query.where(Trace.score >= min_score)
     if since is not None:
         query = query.where(Trace.created_at >= since)
-    yield from session.execute(query.execution_options(yield_per=batch))
+    if after is not None:
+        query = query.where(_after(after))
+    return list(session.execute(query))
+
+
+def _after(cursor: ExportCursor) -> ColumnElement[bool]:
+    # `(created_at, id) > cursor`, spelled out so the leading `created_at >=` can bound an index scan.
+    at, trace_id = cursor
+    return and_(Trace.created_at >= at, or_(Trace.created_at > at, Trace.id > trace_id))

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import Row
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.campaigns import service as campaigns
 from coordinator.campaigns.models import Campaign
 from coordinator.datasets import repository
+from coordinator.db import read_transaction
 from coordinator.errors import BadRequest
 from shared.protocol import DatasetInfo
 
@@ -91,10 +92,47 @@ def ensure_exists(session: Session, campaign_id: uuid.UUID) -> None:
     campaigns.get(session, campaign_id)
 
 
-def records(session: Session, campaign_id: uuid.UUID, where: ExportFilter) -> Iterator[dict[str, Any]]:
+def records(
+    sessions: sessionmaker[Session], campaign_id: uuid.UUID, where: ExportFilter, page: int = 500
+) -> Iterator[dict[str, Any]]:
+    """A campaign's dump records in order, each page read in its own short read transaction: a
+    client that downloads slowly holds no lock and no pooled connection between pages."""
+    with read_transaction(sessions) as session:
+        campaign = campaigns.get(session, campaign_id)
+
+    def read(after: repository.ExportCursor | None) -> list[Row[Any]]:
+        with read_transaction(sessions) as session:
+            return repository.export_page(
+                session, campaign_id, where.statuses, where.min_score, where.since, after, page
+            )
+
+    return (_record(row, campaign) for row in _paged(read, page))
+
+
+def records_in(
+    session: Session, campaign_id: uuid.UUID, where: ExportFilter, page: int = 500
+) -> Iterator[dict[str, Any]]:
+    """The same records inside a caller's own transaction (pipeline tasks reading a dump)."""
     campaign = campaigns.get(session, campaign_id)
-    for row in repository.export_rows(session, campaign_id, where.statuses, where.min_score, where.since):
-        yield _record(row, campaign)
+
+    def read(after: repository.ExportCursor | None) -> list[Row[Any]]:
+        return repository.export_page(
+            session, campaign_id, where.statuses, where.min_score, where.since, after, page
+        )
+
+    return (_record(row, campaign) for row in _paged(read, page))
+
+
+def _paged(read: Callable[[repository.ExportCursor | None], list[Row[Any]]], page: int) -> Iterator[Row[Any]]:
+    """Keyset paging: each page starts after the (created_at, id) of the last row of the one before."""
+    after: repository.ExportCursor | None = None
+    while True:
+        rows = read(after)
+        yield from rows
+        if len(rows) < page:
+            return
+        last = rows[-1][0]
+        after = (last.created_at, last.id)
 
 
 def jsonl_chunks(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:

@@ -313,7 +313,7 @@ def read_jsonl(files: ArtifactStore, sha256: str) -> list[dict[str, Any]]:
 def accepted_records(session: Session, campaign_ids: Sequence[uuid.UUID]) -> Iterator[dict[str, Any]]:
     where = datasets.ExportFilter(statuses=("accepted",))
     for campaign_id in campaign_ids:
-        yield from datasets.records(session, campaign_id, where)
+        yield from datasets.records_in(session, campaign_id, where)
 
 
 def verified_scores(session: Session, campaign_ids: Sequence[str]) -> list[tuple[str, float, bool]]:
