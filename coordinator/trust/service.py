@@ -113,16 +113,22 @@ def _quarantined(session: Session, record: WorkerTrust) -> bool:
 # --------------------------------------------------------------------------- bounds at submission
 
 
+# campaign id -> vocabulary size, once found: a campaign's model never changes, so the submission
+# path queries only for campaigns it has not bounded yet.
+_CAMPAIGN_VOCAB: dict[uuid.UUID, int] = {}
+
+
 def vocab_limits(session: Session, campaign_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
     """campaign id -> its model's vocabulary size, for the campaigns whose model config this machine
     holds (without torch: models_cache.vocab_size). Token ids of the others are bounded by the
     validator alone (a failed validation)."""
-    limits: dict[uuid.UUID, int] = {}
-    for campaign_id, (name, revision) in repository.campaign_models(session, campaign_ids).items():
-        size = models_cache.vocab_size(*_base_of(session, name, revision))
-        if size is not None:
-            limits[campaign_id] = size
-    return limits
+    unknown = [c for c in campaign_ids if c not in _CAMPAIGN_VOCAB]
+    if unknown:
+        for campaign_id, (name, revision) in repository.campaign_models(session, unknown).items():
+            size = models_cache.vocab_size(*_base_of(session, name, revision))
+            if size is not None:
+                _CAMPAIGN_VOCAB[campaign_id] = size
+    return {c: _CAMPAIGN_VOCAB[c] for c in campaign_ids if c in _CAMPAIGN_VOCAB}
 
 
 def _base_of(session: Session, name: str, revision: str | None) -> tuple[str, str | None]:

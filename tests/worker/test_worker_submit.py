@@ -58,6 +58,13 @@ def run_in_thread(worker: Worker) -> threading.Thread:
     return thread
 
 
+def poisoned_engine() -> EchoEngine:
+    """An engine whose text for a poisoned job holds a NUL byte."""
+    engine = EchoEngine()
+    engine.text = poisoned_text
+    return engine
+
+
 def stop(worker: Worker, thread: threading.Thread) -> None:
     worker.stop.set()
     thread.join(timeout=30)
@@ -69,8 +76,7 @@ def test_a_result_the_coordinator_fails_on_is_isolated_and_the_rest_delivered(
 ) -> None:
     coordinator.queue.extend(jobs(8, poisoned={5}))
     coordinator.refuse_request = database_fails_on_nul
-    engine = EchoEngine()
-    engine.text = poisoned_text
+    engine = poisoned_engine()
     worker = make_worker(coordinator, tmp_path, engine, batch_size=8, max_leases=8)
     with caplog.at_level(logging.WARNING, logger="flywheel"):
         thread = run_in_thread(worker)
@@ -94,8 +100,7 @@ def test_a_failing_batch_never_holds_back_the_spool_behind_it(
     daemon retried that first request forever and never sent what came after it."""
     coordinator.queue.extend(jobs(300, poisoned={0}))
     coordinator.submit_status = 503  # down for now: everything stays spooled
-    engine = EchoEngine()
-    engine.text = poisoned_text
+    engine = poisoned_engine()
     first = make_worker(coordinator, tmp_path, engine, batch_size=100, max_leases=300)
     thread = run_in_thread(first)
     assert wait_until(lambda: len(first.spool) == 300)
@@ -115,8 +120,7 @@ def test_a_request_refused_for_its_content_is_bisected_to_the_culprit(
 ) -> None:
     coordinator.queue.extend(jobs(64, poisoned={37}))
     coordinator.refuse_request = validation_refuses_nul
-    engine = EchoEngine()
-    engine.text = poisoned_text
+    engine = poisoned_engine()
     worker = make_worker(coordinator, tmp_path, engine, once=True, batch_size=64, max_jobs=64, max_leases=64)
     with caplog.at_level(logging.WARNING, logger="flywheel"):
         worker.run()
