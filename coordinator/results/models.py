@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, false, true
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, false, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
@@ -22,10 +22,18 @@ class Trace(Base):
         Index("ix_traces_campaign_status", "campaign_id", "status"),
         Index("ix_traces_status_created", "status", "created_at"),
         Index("ix_traces_validation_verified", "validation", "verified_at"),
+        # One live trace per job: a returned trace stays as evidence while its job is done again.
+        Index(
+            "uq_traces_live_job",
+            "job_id",
+            unique=True,
+            postgresql_where=text("NOT returned"),
+            sqlite_where=text("NOT returned"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("jobs.id", ondelete="CASCADE"))
     campaign_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("campaigns.id", ondelete="CASCADE"))
     worker_id: Mapped[uuid.UUID] = mapped_column(GUID, ForeignKey("workers.id"), index=True)
     lease_id: Mapped[uuid.UUID] = mapped_column(GUID)
@@ -50,3 +58,6 @@ class Trace(Base):
     verifiable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     validation: Mapped[str | None] = mapped_column(String(16), nullable=True)
     withdrawn: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Its job went back to the pool (the trace was unverifiable or failed its validation): kept as
+    # evidence, counted nowhere, and the job's next trace is the live one.
+    returned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
