@@ -50,7 +50,7 @@ def rows(limit: int) -> list[dict[str, Any]]:
 def train(out: Path, steps: int, batch: int, device: str, size: str = "0.5b") -> Path:
     from coordinator.pipeline.ops import modeling, sft
     from coordinator.pipeline.ops.modeling import ModelSource
-    from coordinator.pipeline.schemas import SftSpec
+    from shared.pipeline_types import SftSpec
 
     random = build_model(out.parent / f"{out.name}-random", size, device)
     spec = SftSpec.model_validate(

@@ -23,13 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from shared.assets import SERVING_FILES, file_sha256, is_sha256, resolve_model
-from shared.protocol import ARTIFACT_MODEL_PREFIX, MAX_ARTIFACT_BYTES, PolicyRef, RelativePath, Sha256
+from shared.pipeline_types import ArtifactInfo
+from shared.protocol import ARTIFACT_MODEL_PREFIX, PolicyRef
 from worker.client import CoordinatorClient
 from worker.errors import PolicyError, RejectedError, TransientError
 from worker.spool import fsync_dir
@@ -65,18 +64,6 @@ class Weights:
     @property
     def model_name(self) -> str:
         return ARTIFACT_MODEL_PREFIX + self.sha256
-
-
-class ArtifactInfo(BaseModel):
-    """The part of `GET /v1/pipeline/artifacts/<sha256>/info` the cache reads."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    sha256: Sha256
-    kind: str
-    size_bytes: int = Field(ge=0, le=MAX_ARTIFACT_BYTES)
-    url: RelativePath
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 def base_model_files(name: str) -> Path:

@@ -112,7 +112,7 @@ def _rl(args: argparse.Namespace) -> int:
 def _create(request: dict[str, Any], here: bool) -> int:
     from coordinator.config import Settings
     from coordinator.pipeline import service
-    from coordinator.pipeline.schemas import PipelineJobCreate
+    from shared.pipeline_types import PipelineJobCreate
 
     settings = Settings()
     parsed = PipelineJobCreate.model_validate(request)

@@ -13,7 +13,7 @@ from coordinator.db import transaction
 from coordinator.deps import OperatorDep, PrincipalDep, RuntimeDep, SessionDep
 from coordinator.errors import Forbidden, NotFound
 from coordinator.pipeline import rl, service, tasks
-from coordinator.pipeline.schemas import (
+from shared.pipeline_types import (
     ArtifactOut,
     JobKind,
     PipelineJobCreate,

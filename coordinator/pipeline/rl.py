@@ -39,7 +39,7 @@ from coordinator.pipeline.models import (
     RolloutGroup,
 )
 from coordinator.pipeline.ops.grpo import group_advantages
-from coordinator.pipeline.schemas import GrpoSpec, PolicyVersionOut, artifact_model_name
+from shared.pipeline_types import GrpoSpec, PolicyVersionOut, artifact_model_name
 from shared.protocol import PolicyList, PolicyRef, RolloutGroupRef
 
 LIVE_POLICIES = 64  # versions listed to workers at most: more would never all be served at once

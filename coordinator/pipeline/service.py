@@ -36,7 +36,9 @@ from coordinator.pipeline.models import (
     PipelineJob,
 )
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import (
+from coordinator.problems import service as problems
+from shared.assets import is_sha256, resolve_model
+from shared.pipeline_types import (
     ARTIFACT_MODEL_PREFIX,
     ArtifactOut,
     EvaluateSpec,
@@ -47,8 +49,6 @@ from coordinator.pipeline.schemas import (
     SelectSpec,
     SftSpec,
 )
-from coordinator.problems import service as problems
-from shared.assets import is_sha256, resolve_model
 from shared.protocol import API_PREFIX, CampaignCreate, ModelRef, Routes, StrategyReport
 
 STALL_AFTER_S = 120.0  # a runner heartbeats every KEEPALIVE_S; this many seconds of silence = gone

@@ -28,8 +28,8 @@ from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact, PipelineJob
 from coordinator.pipeline.ops import evaluate, selection, sft
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
 from coordinator.runtime import Runtime, get_runtime
+from shared.pipeline_types import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
 
 log = logging.getLogger(__name__)
 RUN_TASK = "coordinator.pipeline.tasks.run_job"

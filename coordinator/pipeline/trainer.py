@@ -21,7 +21,7 @@ from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import PipelineJob, PolicyVersion
 from coordinator.pipeline.ops import grpo, modeling
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import GrpoSpec
+from shared.pipeline_types import GrpoSpec
 
 if TYPE_CHECKING:
     from coordinator.pipeline.tasks import Runner

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Response
 from coordinator.db import transaction
 from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
 from coordinator.trust import service, tasks
-from coordinator.trust.schemas import Requeued, TrustOut, ValidationOut
 from shared.protocol import Routes, TokenOut
+from shared.trust_types import Requeued, TrustOut, ValidationOut
 
 router = APIRouter(tags=["trust"])
 WORKER = Routes.workers + "/{worker_id}"

@@ -10,8 +10,8 @@ from typing import Any
 
 from coordinator.pipeline.ops import modeling, selection
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import Diversity, artifact_model_name
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from shared.pipeline_types import Diversity, artifact_model_name
 from tests.coordinator.conftest import Api
 from tests.pipeline.pipeline_helpers import (
     campaign,

@@ -17,9 +17,9 @@ from coordinator.db import transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.ops import grpo, modeling
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import GrpoSpec
 from coordinator.results.models import Trace
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from shared.pipeline_types import GrpoSpec
 from shared.protocol import ChatMessage, HardwareInfo, JobSpec, ModelRef, SamplingParams
 from tests.coordinator.conftest import Api
 from tests.pipeline.pipeline_helpers import (

@@ -10,9 +10,9 @@ import pytest
 
 from coordinator.pipeline.ops import modeling, sft
 from coordinator.pipeline.ops.modeling import ModelSource
-from coordinator.pipeline.schemas import SftSpec
 from coordinator.problems.sources.arithmetic import generate
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from shared.pipeline_types import SftSpec
 
 
 def _rows(count: int) -> list[dict[str, Any]]:

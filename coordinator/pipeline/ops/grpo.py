@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.pipeline.schemas import GrpoSpec
+from shared.pipeline_types import GrpoSpec
 from shared.protocol import SamplingParams
 
 ADV_EPS = 1e-6

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.pipeline.ops.modeling import Example, ModelSource
-from coordinator.pipeline.schemas import (
+from shared.pipeline_types import (
     Diversity,
     LengthPrune,
     PassRate,

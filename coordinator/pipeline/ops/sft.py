@@ -19,7 +19,7 @@ from typing import Any
 
 from coordinator.pipeline.ops import modeling
 from coordinator.pipeline.ops.modeling import Example, ModelSource
-from coordinator.pipeline.schemas import SftSpec
+from shared.pipeline_types import SftSpec
 
 Progress = Callable[[float, str, dict[str, Any]], None]
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

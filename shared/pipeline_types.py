@@ -1,4 +1,8 @@
-"""Operator-facing request and response models of the pipeline API (not worker wire types).
+"""Request and response models of the pipeline API: the operator's job specs and what it reads back.
+
+They live in shared/ because three sides use them: the coordinator serves them, the model code
+(ml/training) trains by the specs, and a worker reads an artifact's record (`ArtifactInfo`) to
+fetch a policy version's weights.
 
 A job is created from a typed spec, one per kind; a selection spec is an ordered list of steps.
 Model names are either a base model a worker can load (`flywheel/tiny-arith`, a Hugging Face id)
@@ -13,11 +17,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.protocol import ARTIFACT_MODEL_PREFIX, BudgetForcing, SamplingParams
+from shared.protocol import (
+    ARTIFACT_MODEL_PREFIX,
+    MAX_ARTIFACT_BYTES,
+    BudgetForcing,
+    RelativePath,
+    SamplingParams,
+    Sha256,
+)
 
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=128)]
 Device = Literal["auto", "cpu", "cuda"]
 JobKind = Literal["select", "sft", "evaluate", "grpo"]
@@ -223,18 +231,32 @@ class PipelineJobCreate(Schema):
 # --------------------------------------------------------------------------- responses
 
 
-class ArtifactOut(Schema):
-    sha256: str
+class ArtifactInfo(BaseModel):
+    """What a worker reads of an artifact's record (`GET /v1/pipeline/artifacts/<sha256>/info`) to
+    fetch its weights. Fields it does not name are ignored, so a record may grow without breaking
+    the workers already running."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sha256: Sha256
     kind: str
+    size_bytes: int = Field(ge=0, le=MAX_ARTIFACT_BYTES)
+    url: RelativePath = Field(description="download path under the API prefix; supports HTTP Range")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArtifactOut(ArtifactInfo):
+    """The whole record, as the coordinator serves it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
     version: int
-    size_bytes: int
     filename: str
     media_type: str
     job_id: uuid.UUID | None
     metadata: dict[str, Any]
     created_at: datetime
-    url: str = Field(description="download path under the API prefix; supports HTTP Range")
 
 
 class PipelineJobOut(Schema):
