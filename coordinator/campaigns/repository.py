@@ -37,7 +37,7 @@ def job_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
 def trace_counts(session: Session, campaign_id: uuid.UUID) -> tuple[dict[str, int], int]:
     query = (
         select(Trace.status, func.count(), func.coalesce(func.sum(Trace.completion_tokens), 0))
-        .where(Trace.campaign_id == campaign_id)
+        .where(Trace.campaign_id == campaign_id, Trace.returned.is_(False))
         .group_by(Trace.status)
     )
     counts, tokens = {}, 0
@@ -56,7 +56,11 @@ def verified_samples(session: Session, campaign_id: uuid.UUID) -> list[tuple[uui
     query = (
         select(Job.problem_id, Trace.text, Trace.completion_tokens, Trace.status)
         .join(Job, Job.id == Trace.job_id)
-        .where(Trace.campaign_id == campaign_id, Trace.status.in_(("accepted", "rejected")))
+        .where(
+            Trace.campaign_id == campaign_id,
+            Trace.status.in_(("accepted", "rejected")),
+            Trace.returned.is_(False),
+        )
         .order_by(Job.problem_id, Job.sample_index)
     )
     return [(r[0], r[1], int(r[2]), r[3]) for r in session.execute(query)]

@@ -12,21 +12,13 @@ from coordinator.campaigns.models import Campaign
 from coordinator.jobs.models import Job
 from coordinator.problems.models import Problem, ProblemSet
 from coordinator.results.models import Trace
-from coordinator.trust.models import USABLE
-
-
-def _in_dumps() -> ColumnElement[bool]:
-    """Traces a dump may contain: not withdrawn after a failed validation of their worker,
-    produced by an engine that applied the seeded sampler (an unverifiable trace is never checked,
-    so it could be anything), and passed or skipped by validation (a queued one may yet fail;
-    docs/trust.md)."""
-    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True), Trace.validation.in_(USABLE))
+from coordinator.trust.models import usable
 
 
 def summaries(session: Session) -> list[tuple[uuid.UUID, str, str, str | None, int]]:
     query = (
         select(Campaign.id, Campaign.name, Campaign.model_name, Trace.status, func.count(Trace.id))
-        .join(Trace, and_(Trace.campaign_id == Campaign.id, _in_dumps()), isouter=True)
+        .join(Trace, and_(Trace.campaign_id == Campaign.id, usable()), isouter=True)
         .group_by(Campaign.id, Campaign.name, Campaign.model_name, Trace.status)
         .order_by(Campaign.name)
     )
@@ -63,7 +55,7 @@ def export_page(
         .join(Job, Job.id == Trace.job_id)
         .join(Problem, Problem.id == Job.problem_id)
         .join(ProblemSet, ProblemSet.id == Problem.problem_set_id)
-        .where(Trace.campaign_id == campaign_id, Trace.status.in_(statuses), _in_dumps())
+        .where(Trace.campaign_id == campaign_id, Trace.status.in_(statuses), usable())
         .order_by(Trace.created_at, Trace.id)
         .limit(limit)
     )

@@ -199,6 +199,16 @@ def release(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     )
 
 
+def reopen(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Put done jobs back in the pool: their trace turned out unusable (docs/trust.md)."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == DONE)
+            .values(status=QUEUED, lease_id=None, worker_id=None, lease_deadline=None, leased_at=None)
+        )
+
+
 def in_flight_any(session: Session, worker_id: uuid.UUID) -> int:
     query = select(func.count()).where(Job.worker_id == worker_id, Job.status == LEASED)
     return int(session.scalar(query) or 0)

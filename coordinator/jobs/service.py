@@ -114,6 +114,11 @@ def heartbeat(
     )
 
 
+def reopen(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Hand done jobs to the next worker: the trace each had cannot be used."""
+    repository.reopen(session, job_ids)
+
+
 def release(session: Session, principal: workers.Principal, request: ReleaseRequest) -> ReleaseResponse:
     """A worker gives back leases it will not finish (shutting down, pausing)."""
     return ReleaseResponse(released=repository.release_held(session, principal.worker_id, request.lease_ids))

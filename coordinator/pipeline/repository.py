@@ -23,7 +23,7 @@ from coordinator.pipeline.models import (
 )
 from coordinator.problems.models import Problem
 from coordinator.results.models import Trace
-from coordinator.trust.models import UNSETTLED, USABLE
+from coordinator.trust.models import UNSETTLED, usable
 
 VERIFIED = ("accepted", "rejected")
 
@@ -143,7 +143,7 @@ def verified_scores(session: Session, campaign_ids: Sequence[uuid.UUID]) -> list
         select(Problem.external_id, Trace.score, Trace.status)
         .join(Job, Job.id == Trace.job_id)
         .join(Problem, Problem.id == Job.problem_id)
-        .where(Trace.campaign_id.in_(campaign_ids), Trace.status.in_(VERIFIED), _trainable())
+        .where(Trace.campaign_id.in_(campaign_ids), Trace.status.in_(VERIFIED), usable())
     )
     return [(p, float(score or 0.0), status == "accepted") for p, score, status in session.execute(query)]
 
@@ -210,13 +210,14 @@ def group_counts(session: Session, run_id: uuid.UUID) -> dict[str, int]:
 
 def verified_per_group(session: Session, run_id: uuid.UUID) -> dict[uuid.UUID, int]:
     """Open group id -> how many of its rollouts have a verdict and a settled validation: a group
-    is complete once no rollout of it may still be withdrawn by a validation in flight."""
+    is complete once no rollout of it may still be withdrawn by a validation in flight. A returned
+    rollout (unverifiable, or failed its validation) does not count: its job is being done again."""
     g = RolloutGroup
     query = (
         select(g.id, func.count(Trace.id))
         .join(Job, and_(Job.campaign_id == g.campaign_id, Job.problem_id == g.problem_id))
         .join(Trace, Trace.job_id == Job.id)
-        .where(g.run_id == run_id, g.status == GROUP_OPEN, _settled())
+        .where(g.run_id == run_id, g.status == GROUP_OPEN, _settled(), Trace.returned.is_(False))
         .group_by(g.id)
     )
     return {group_id: int(n) for group_id, n in session.execute(query)}
@@ -245,14 +246,6 @@ def set_group_rewards(session: Session, group_id: uuid.UUID, mean: float, std: f
     )
 
 
-def _trainable() -> ColumnElement[bool]:
-    """Traces selection and the trainer may learn from: not withdrawn after a failed validation of
-    their worker (a quarantined worker's traces stay withdrawn until each passes a re-check),
-    produced by an engine that applied the seeded sampler (an unverifiable trace's tokens and
-    logprobs are a claim nobody can check), and passed or skipped by validation (the dumps' rule)."""
-    return and_(Trace.withdrawn.is_(False), Trace.verifiable.is_(True), Trace.validation.in_(USABLE))
-
-
 def _settled() -> ColumnElement[bool]:
     """A verified trace whose validation is decided and done (whatever came of it)."""
     return and_(Trace.status.in_(VERIFIED), Trace.validation.is_not(None), Trace.validation.not_in(UNSETTLED))
@@ -279,7 +272,7 @@ def rollouts(session: Session, group_ids: Sequence[uuid.UUID]) -> Sequence[Any]:
         .join(Job, and_(Job.campaign_id == g.campaign_id, Job.problem_id == g.problem_id))
         .join(Trace, Trace.job_id == Job.id)
         .join(Problem, Problem.id == g.problem_id)
-        .where(g.id.in_(group_ids), Trace.status.in_(VERIFIED), _trainable())
+        .where(g.id.in_(group_ids), Trace.status.in_(VERIFIED), usable())
         .order_by(g.id, Job.sample_index)
     )
     return session.execute(query).all()

@@ -25,9 +25,9 @@ def attempt_owners(session: Session, attempt_ids: Sequence[uuid.UUID]) -> dict[u
 
 
 def lease_of_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-    """job id -> the lease id its stored trace came under."""
+    """job id -> the lease id its live trace came under."""
     t = TRACES.c
-    query = select(t.job_id, t.lease_id).where(one_of(session, t.job_id, job_ids))
+    query = select(t.job_id, t.lease_id).where(one_of(session, t.job_id, job_ids), t.returned.is_(False))
     return {job: lease for job, lease in session.execute(query)}
 
 

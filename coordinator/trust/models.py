@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, ColumnElement, Float, ForeignKey, Index, Integer, String, Text, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+from coordinator.results.models import Trace
 
 # traces.validation: what the spot-check policy decided for a trace, and what came of it.
 SKIPPED = "skipped"  # not drawn for validation
@@ -29,6 +30,20 @@ RECHECK = "recheck"  # a withdrawn trace re-validated after a failure: the outco
 # left out until a validation passes them.
 USABLE = (PASSED, SKIPPED)
 UNSETTLED = (QUEUED, RECHECK)  # a validation is still to come
+
+
+def usable() -> ColumnElement[bool]:
+    """The traces dumps, selection and training may use: not withdrawn after a failed validation
+    of their worker (a quarantined worker's traces stay out until each passes a re-check), produced
+    by an engine that applied the seeded sampler (an unverifiable trace's tokens and logprobs are a
+    claim nobody can check), passed or skipped by validation, and still their job's live trace (a
+    returned one was replaced by another worker's)."""
+    return and_(
+        Trace.withdrawn.is_(False),
+        Trace.verifiable.is_(True),
+        Trace.validation.in_(USABLE),
+        Trace.returned.is_(False),
+    )
 
 
 class WorkerTrust(Base):

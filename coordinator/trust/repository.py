@@ -90,7 +90,8 @@ def taint(
     for, and mark them for re-validation. Returns the ids to enqueue: those already queued have a
     task, and those without a verdict yet are decided (as re-checks) when their verdict comes."""
     t = TRACES.c
-    scope = [t.worker_id == worker_id, t.id != failed]
+    # A returned trace is settled: its job is done again by someone else.
+    scope = [t.worker_id == worker_id, t.id != failed, t.returned.is_(False)]
     if after is not None:
         scope.append(t.created_at > after)
     unvouched = (SKIPPED, ERROR, QUEUED)
@@ -107,7 +108,7 @@ def taint(
 def queue_all(session: Session, worker_id: uuid.UUID) -> list[uuid.UUID]:
     """Withdraw every verified, verifiable trace of the worker until it is re-validated."""
     t = TRACES.c
-    scope = (t.worker_id == worker_id, t.status != PENDING, t.verifiable.is_(True))
+    scope = (t.worker_id == worker_id, t.status != PENDING, t.verifiable.is_(True), t.returned.is_(False))
     ids = list(session.scalars(select(t.id).where(*scope)))
     if ids:
         session.execute(

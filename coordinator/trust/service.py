@@ -86,6 +86,7 @@ def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: boo
     if _unverifiable(trace, repository.sampling_of(session, trace.campaign_id) if openai else None):
         trace.validation, trace.verifiable = UNVERIFIABLE, False  # False keeps it out of dumps
         record.unverifiable += 1
+        _return(session, trace)
         return False
     if _quarantined(session, record) or trace.withdrawn:
         # A quarantined worker's traces stay out of dumps unless they pass, one by one.
@@ -226,7 +227,15 @@ def _passed(trace: Trace, record: WorkerTrust, purpose: str) -> None:
             record.vouched_until = trace.created_at
 
 
+def _return(session: Session, trace: Trace) -> None:
+    """The trace can never be used (unverifiable, or its claim failed a validation): it stays as
+    evidence, and its job goes back to the pool, so the sample is still produced by someone."""
+    trace.returned = True
+    jobs_service.reopen(session, [trace.job_id])
+
+
 def _failed(session: Session, trace: Trace, record: WorkerTrust, outcome: Outcome) -> list[uuid.UUID]:
+    _return(session, trace)
     trace.withdrawn = True
     record.failed += 1
     record.trust = 0
