@@ -222,6 +222,9 @@ def server_env(base: dict[str, str], config: Config, database_url: str, queue: s
         # Simulated workers share a handful of tokens' worth of traffic each; the per-token limit
         # guards against abuse, not against this measured load.
         "FLYWHEEL_RATE_LIMIT_PER_S": "0",
+        # Simulated workers are never verified, so they would never earn more than a new
+        # volunteer's in-flight limit: this measures the lease path, not that ramp.
+        "FLYWHEEL_INITIAL_IN_FLIGHT_PER_WORKER": "256",
         # The sweeper would re-enqueue traces left pending by the undrained queue; keep it out of the run.
         "FLYWHEEL_REQUEUE_PENDING_AFTER_S": str(24 * 3600),
     }

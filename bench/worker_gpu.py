@@ -157,6 +157,8 @@ def environment(cfg: Config) -> dict[str, str]:
         DATABASE_URL=f"sqlite:///{cfg.work / 'bench.db'}",
         FLYWHEEL_DATA_DIR=str(cfg.work / "data"),
         FLYWHEEL_MAX_IN_FLIGHT_PER_WORKER=str(cfg.max_leases),
+        # The daemon's throughput is measured, not a new volunteer's ramp up to its limit.
+        FLYWHEEL_INITIAL_IN_FLIGHT_PER_WORKER=str(cfg.max_leases),
         FLYWHEEL_LEASE_TTL_S="900",
         TOKENIZERS_PARALLELISM="false",
         # The coordinator's spot-check validator would load the model on this same GPU and take

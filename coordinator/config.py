@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     heartbeat_interval_s: float = Field(default=30.0, gt=0, le=3_600)
     max_in_flight_per_worker: int = Field(default=256, ge=1, le=100_000)
+    initial_in_flight_per_worker: int = Field(
+        default=16,
+        ge=1,
+        le=100_000,
+        description=(
+            "jobs a new volunteer may hold at once; each of its traces that comes back usable adds"
+            " one, up to max_in_flight_per_worker, and a failed validation takes it back to this"
+        ),
+    )
     max_unverifiable_per_worker: int = Field(
         default=32,
         ge=0,

@@ -433,6 +433,9 @@ class WorkerOut(Wire):
     jobs_submitted: int
     jobs_accepted: int
     in_flight: int
+    in_flight_limit: int = Field(
+        description="jobs it may hold at once: grows with each usable trace, up to the maximum"
+    )
 
 
 class Stats(Wire):

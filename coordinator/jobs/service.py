@@ -38,7 +38,8 @@ def lease(
     now = utcnow()
     deadline = now + timedelta(seconds=min(settings.lease_ttl_s, settings.lease_max_lifetime_s))
     workers.seen(session, principal.worker_id, settings.last_seen_every_s)
-    room = settings.max_in_flight_per_worker - repository.in_flight(session, principal.worker_id, now)
+    limit = workers.in_flight_limit(session, principal, settings)
+    room = limit - repository.in_flight(session, principal.worker_id, now)
     rows: Sequence[repository.JobRow] = []
     if room > 0:
         limit = min(request.max_jobs, room)

@@ -74,6 +74,8 @@ def skip(session: Session, trace_id: uuid.UUID, lock: bool) -> None:
     trace = repository.trace(session, trace_id, lock=lock)
     if trace is not None and trace.status != PENDING and trace.validation is None:
         trace.validation = SKIPPED
+        if trace.verifiable:
+            workers.credit_usable(session, trace.worker_id)
 
 
 def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: bool) -> bool:
@@ -97,6 +99,7 @@ def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: boo
         return True
     trace.validation = SKIPPED
     record.skipped += 1
+    workers.credit_usable(session, trace.worker_id)
     return False
 
 
@@ -194,7 +197,7 @@ def record(session: Session, item: Pending, result: Result, lock: bool) -> list[
     record = repository.trust_of(session, trace.worker_id, lock=lock)
     repository.touch(record)
     if outcome.passed:
-        _passed(trace, record, purpose)
+        _passed(session, trace, record, purpose)
         return []
     return _failed(session, trace, record, outcome)
 
@@ -218,9 +221,10 @@ def _validation_row(trace: Trace, purpose: str, status: str, result: Result) -> 
     )
 
 
-def _passed(trace: Trace, record: WorkerTrust, purpose: str) -> None:
+def _passed(session: Session, trace: Trace, record: WorkerTrust, purpose: str) -> None:
     trace.withdrawn = False
     record.passed += 1
+    workers.credit_usable(session, trace.worker_id)
     if purpose == SPOT_CHECK and not record.quarantined:
         record.trust += 1
         if record.vouched_until is None or trace.created_at > record.vouched_until:
@@ -240,6 +244,7 @@ def _failed(session: Session, trace: Trace, record: WorkerTrust, outcome: Outcom
     record.failed += 1
     record.trust = 0
     record.quarantined = True
+    workers.clear_credit(session, trace.worker_id)
     record.last_failure = {"trace_id": str(trace.id), **outcome.details()}
     workers.set_banned(session, trace.worker_id, True)
     return repository.taint(session, trace.worker_id, record.vouched_until, trace.id)

@@ -40,22 +40,22 @@ def create_token(body: TokenCreate, session: SessionDep, _: OperatorDep) -> Toke
     return TokenOut(worker_id=worker.id, token=token, scope=body.scope)
 
 
-def _out(session: SessionDep, worker: Worker) -> WorkerOut:
-    return service.to_out(session, worker)
+def _out(session: SessionDep, rt: RuntimeDep, worker: Worker) -> WorkerOut:
+    return service.to_out(session, worker, rt.settings)
 
 
 @router.get(Routes.workers, response_model=list[WorkerOut])
 def list_workers(
-    session: SessionDep, _: OperatorDep, limit: Limit = 100, offset: Offset = 0
+    session: SessionDep, rt: RuntimeDep, _: OperatorDep, limit: Limit = 100, offset: Offset = 0
 ) -> list[WorkerOut]:
-    return [_out(session, w) for w in service.list_workers(session, limit, offset)]
+    return [_out(session, rt, w) for w in service.list_workers(session, limit, offset)]
 
 
 @router.post(Routes.workers + "/{worker_id}/ban", response_model=WorkerOut)
-def ban(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> WorkerOut:
-    return _out(session, service.set_banned(session, worker_id, True))
+def ban(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> WorkerOut:
+    return _out(session, rt, service.set_banned(session, worker_id, True))
 
 
 @router.post(Routes.workers + "/{worker_id}/restore", response_model=WorkerOut)
-def restore(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> WorkerOut:
-    return _out(session, service.set_banned(session, worker_id, False))
+def restore(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> WorkerOut:
+    return _out(session, rt, service.set_banned(session, worker_id, False))

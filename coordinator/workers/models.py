@@ -26,5 +26,8 @@ class Worker(Base):
     models: Mapped[list[str]] = mapped_column(JSONType, default=list)
     jobs_submitted: Mapped[int] = mapped_column(Integer, default=0)
     jobs_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    # Traces of this worker that came back usable (validation passed or skipped) since its last
+    # failed validation: what its in-flight limit grows with (workers.service.in_flight_limit).
+    lease_credit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

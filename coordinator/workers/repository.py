@@ -42,6 +42,17 @@ def touch(session: Session, worker_id: uuid.UUID, now: datetime) -> None:
     session.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(last_seen_at=now))
 
 
+def lease_credit(session: Session, worker_id: uuid.UUID) -> int:
+    return int(session.scalar(select(WORKERS.c.lease_credit).where(WORKERS.c.id == worker_id)) or 0)
+
+
+def set_lease_credit(session: Session, worker_id: uuid.UUID, add: int | None) -> None:
+    """Add to the credit, or (add=None) take it all away."""
+    w = WORKERS.c
+    value = 0 if add is None else w.lease_credit + add
+    session.execute(update(WORKERS).where(w.id == worker_id).values(lease_credit=value))
+
+
 def add_counts(
     session: Session,
     worker_id: uuid.UUID,

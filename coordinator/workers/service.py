@@ -194,11 +194,34 @@ def credit_submissions(session: Session, worker_id: uuid.UUID, submitted: int, e
         _seen.put(worker_id, True, every_s)
 
 
+def in_flight_limit(session: Session, principal: Principal, settings: Settings) -> int:
+    """How many jobs the worker may hold at once. A volunteer starts small and earns more with each
+    trace that comes back usable (BOINC's rule): a fresh identity can waste only a few jobs.
+    Operators and researchers are trusted with the maximum."""
+    if principal.scope != Scope.volunteer:
+        return settings.max_in_flight_per_worker
+    return _limit(repository.lease_credit(session, principal.worker_id), settings)
+
+
+def _limit(credit: int, settings: Settings) -> int:
+    return min(settings.max_in_flight_per_worker, settings.initial_in_flight_per_worker + credit)
+
+
+def credit_usable(session: Session, worker_id: uuid.UUID) -> None:
+    """One more of the worker's traces came back usable: its in-flight limit grows by one."""
+    repository.set_lease_credit(session, worker_id, 1)
+
+
+def clear_credit(session: Session, worker_id: uuid.UUID) -> None:
+    """A failed validation: the worker starts again from the initial in-flight limit."""
+    repository.set_lease_credit(session, worker_id, None)
+
+
 def list_workers(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Worker]:
     return repository.list_all(session, limit, offset)
 
 
-def to_out(session: Session, worker: Worker) -> WorkerOut:
+def to_out(session: Session, worker: Worker, settings: Settings) -> WorkerOut:
     return WorkerOut(
         id=worker.id,
         name=worker.name,
@@ -209,4 +232,9 @@ def to_out(session: Session, worker: Worker) -> WorkerOut:
         jobs_submitted=worker.jobs_submitted,
         jobs_accepted=worker.jobs_accepted,
         in_flight=jobs_repository.in_flight_any(session, worker.id),
+        in_flight_limit=(
+            _limit(worker.lease_credit, settings)
+            if worker.scope == Scope.volunteer
+            else settings.max_in_flight_per_worker
+        ),
     )
