@@ -48,8 +48,8 @@ def rows(limit: int) -> list[dict[str, Any]]:
 
 
 def train(out: Path, steps: int, batch: int, device: str, size: str = "0.5b") -> Path:
-    from coordinator.pipeline.ops import modeling, sft
-    from coordinator.pipeline.ops.modeling import ModelSource
+    from ml.training import sft
+    from shared.assets import SERVING_FILES, ModelSource
     from shared.pipeline_types import SftSpec
 
     random = build_model(out.parent / f"{out.name}-random", size, device)
@@ -69,7 +69,7 @@ def train(out: Path, steps: int, batch: int, device: str, size: str = "0.5b") ->
     first, last = result.curve["train"][0][1], result.curve["train"][-1][1]
     print(f"trained {steps} steps in {time.perf_counter() - began:.0f} s: loss {first:.3f} -> {last:.3f}")
     out.mkdir(parents=True, exist_ok=True)
-    for name in modeling.SERVING_FILES:
+    for name in SERVING_FILES:
         if (random / name).is_file() and name != "model.safetensors":
             shutil.copyfile(random / name, out / name)
     shutil.copyfile(result.weights, out / "model.safetensors")

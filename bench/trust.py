@@ -173,8 +173,8 @@ class Checked:
 
 
 def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int = 256) -> list[Checked]:
-    from coordinator.trust.models_cache import scorer
     from coordinator.trust.validator import Submitted, validate
+    from ml.scorer import scorer
 
     # one model per file set: the one the traces' jobs name (the bundled model unless --model)
     validator = scorer(records[0].spec["model"]["name"] if records else TINY_MODEL_NAME, None, device, dtype)
@@ -279,7 +279,7 @@ class Models:
     """The honest engine, the cheaper engines cheaters run, and the model to recompute logprobs."""
 
     def __init__(self) -> None:
-        from coordinator.trust.models_cache import scorer
+        from ml.scorer import scorer
         from worker.engines.hf import TransformersEngine
 
         self.honest = TransformersEngine.load(TINY_MODEL_NAME, device="cpu")

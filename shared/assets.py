@@ -1,9 +1,11 @@
-"""Locations of data files that ship inside the distribution, and what a model folder holds."""
+"""Locations of data files that ship inside the distribution, what a model folder holds, and where
+a model comes from (`ModelSource`)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -49,3 +51,20 @@ def resolve_model(name: str) -> str:
     if name == TINY_MODEL_NAME:
         return str(tiny_model_dir())
     return name
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """`base` is what `from_pretrained` opens (a directory or a Hugging Face id: config, tokenizer,
+    weights); `weights`, when given, is one safetensors file of the full state dict laid over the
+    base's weights: how a checkpoint or an RL policy version (`flywheel-artifact/<sha256>`) is
+    loaded on top of the base model it was trained from."""
+
+    base: str
+    weights: Path | None = None
+    revision: str | None = None
+
+    @classmethod
+    def named(cls, name: str, revision: str | None = None) -> ModelSource:
+        """A model by the name a job carries: a bundled model, a local folder or a Hugging Face id."""
+        return cls(resolve_model(name), None, revision)

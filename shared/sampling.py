@@ -8,8 +8,11 @@ A generated token is a deterministic function of (logits, job seed, sample index
     logprob = z[token] - logsumexp(z[allowed])
 
 `G` is Gumbel noise from a counter-based hash, so any party holding the logits can recompute
-it: the worker's engines sample with `sample_step`, a validator re-scores a claimed trace with
-`filtered_logprobs` + `gumbel_noise`. The hash picks one of 2**24 uniform levels and G is a fixed
+it: the worker's engines sample with `sample_step` (through ml/sampling.py); the validator
+(ml/rescore.py) re-scores a claimed trace from the allowed set's floor (`allowed_floor`) and the
+noise at the few tokens a verdict needs (`noise_keys`, `gumbel_at`); the GRPO trainer reads the
+sampler's distribution with `filtered_logprobs`; `gumbel_noise` is the dense form the tests check
+all of them against. The hash picks one of 2**24 uniform levels and G is a fixed
 function of the level, so large draws read G from a table of all levels, built once per device,
 instead of evaluating two logarithms per token. Temperature 0 is plain greedy argmax of the raw logits,
 and its logprob is the unfiltered log-softmax of the raw logits.

@@ -1,8 +1,12 @@
-"""Response models of the trust API: operator-facing, workers never see any of them."""
+"""Response models of the trust API (operator-facing: workers never see any of them), and the
+verdict of one re-scoring (`Outcome`): made by the model code (ml/rescore.py), recorded by the
+coordinator's trust area, which must not import the model code to read it."""
 
 from __future__ import annotations
 
+import math
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -53,3 +57,36 @@ class Requeued(Wire):
 class TokenRevoked(Wire):
     worker_id: uuid.UUID
     revoked: bool
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one re-scoring, with its evidence."""
+
+    passed: bool
+    reason: str
+    position: int | None  # the first failing position; when passed, the position of the worst margin
+    margin: float  # worst margin over sampled positions, logit units (+inf when nothing was sampled)
+    logprob_error: float  # worst distance of a claimed logprob outside its honest range, in nats
+    tolerance: float  # eps, the honest logit noise allowed
+    positions: int
+    needed: float = math.inf  # the smallest eps this trace passes with (calibration), in logit units
+
+    def details(self) -> dict[str, Any]:
+        """JSON-safe: infinities and NaN (nothing sampled, or a failure before scoring) become None."""
+        return {
+            "reason": self.reason,
+            "position": self.position,
+            "margin": _finite(self.margin),
+            "logprob_error": _finite(self.logprob_error),
+            "tolerance": self.tolerance,
+            "needed": _finite(self.needed),
+            "positions": self.positions,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

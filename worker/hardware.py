@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ml.devices import cuda_devices
 from shared.protocol import HardwareInfo
 
 GIB = 1024**3
@@ -51,19 +52,10 @@ def gpus_from_nvidia_smi() -> list[tuple[str, float]] | None:
     return gpus
 
 
-def gpus_from_torch() -> list[tuple[str, float]]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-    return [(p.name, round(p.total_memory / GIB, 1)) for p in props]
-
-
 def detect_hardware(use_torch: bool = False) -> HardwareInfo:
     gpus = gpus_from_nvidia_smi()
     if gpus is None:
-        gpus = gpus_from_torch() if use_torch else []
+        gpus = cuda_devices() if use_torch else []
     return HardwareInfo(
         cpu=cpu_name()[:256],
         cpu_count=os.cpu_count() or 0,

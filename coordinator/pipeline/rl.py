@@ -38,11 +38,21 @@ from coordinator.pipeline.models import (
     PolicyVersion,
     RolloutGroup,
 )
-from coordinator.pipeline.ops.grpo import group_advantages
 from shared.pipeline_types import GrpoSpec, PolicyVersionOut, artifact_model_name
 from shared.protocol import PolicyList, PolicyRef, RolloutGroupRef
 
 LIVE_POLICIES = 64  # versions listed to workers at most: more would never all be served at once
+ADV_EPS = 1e-6
+
+
+def group_advantages(rewards: Sequence[float]) -> list[float] | None:
+    """(r - mean) / std within a group; None when every reward is the same (nothing to learn)."""
+    if len(rewards) < 2:
+        return None
+    mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+    if std < 1e-9:
+        return None
+    return [(r - mean) / (std + ADV_EPS) for r in rewards]
 
 
 @dataclass

@@ -35,9 +35,8 @@ from coordinator.pipeline.models import (
     Artifact,
     PipelineJob,
 )
-from coordinator.pipeline.ops.modeling import ModelSource
 from coordinator.problems import service as problems
-from shared.assets import is_sha256, resolve_model
+from shared.assets import ModelSource, is_sha256, resolve_model
 from shared.pipeline_types import (
     ARTIFACT_MODEL_PREFIX,
     ArtifactOut,

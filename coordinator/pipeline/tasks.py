@@ -26,9 +26,11 @@ from sqlalchemy.orm import Session
 from coordinator.db import transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact, PipelineJob
-from coordinator.pipeline.ops import evaluate, selection, sft
-from coordinator.pipeline.ops.modeling import ModelSource
+from coordinator.pipeline.ops import evaluate, selection
 from coordinator.runtime import Runtime, get_runtime
+from ml import embeddings
+from ml.training import sft
+from shared.assets import ModelSource
 from shared.pipeline_types import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
 
 log = logging.getLogger(__name__)
@@ -214,7 +216,7 @@ def _select(runner: Runner) -> Outcome:
         scores=lambda ids: runner.read(lambda s: service.verified_scores(s, ids)),
         scorer=_scorers(runner),
         verify=lambda record, text: _reverify(verifier_specs, record, text),
-        embed=selection.embed_minilm,
+        embed=embeddings.embed_minilm,
         source_campaigns=[str(c) for c in spec.campaign_ids],
         progress=lambda fraction, stage: runner.progress(fraction, stage),
     )

@@ -4,12 +4,12 @@ Each call of `advance` is one look: score what volunteers returned (coordinator-
 and when enough groups with a learning signal are in, take one policy step and publish the next
 version. Between looks nothing lives in memory: the policy is its newest version's artifact and
 the optimizer state is `optimizer-v<k>.pt` in the run's work folder, so any train worker can
-take the next look, and a crash mid-step only repeats that step.
+take the next look, and a crash mid-step only repeats that step. The step itself, and the model
+code around it, is ml/training/grpo.py.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session
 
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import PipelineJob, PolicyVersion
-from coordinator.pipeline.ops import grpo, modeling
-from coordinator.pipeline.ops.modeling import ModelSource
+from ml import prompts
+from ml.loading import load_model, load_tokenizer, save_weights
+from ml.training import batches, grpo
+from shared.assets import ModelSource
 from shared.pipeline_types import GrpoSpec
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def run_metrics(session: Session, job: PipelineJob, spec: GrpoSpec) -> dict[str,
 def publish_initial(runner: Runner, spec: GrpoSpec, source: ModelSource, base: str) -> None:
     """Version 0: the starting weights, as the safetensors file workers will download."""
     path = runner.workdir / "policy-v0.safetensors"
-    modeling.save_weights(modeling.load_model(source, "cpu"), path)
+    save_weights(load_model(source, "cpu", "float32"), path)
     with runner.session() as session:
         job = runner.job(session)
         version = rl.publish(session, runner.files, job, 0, path, base, {"version": 0})
@@ -109,25 +111,15 @@ def _prompt_ids(tokenizer: Any, prompt: str, system: str | None) -> list[int]:
     messages = [{"role": "user", "content": prompt}]
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    rendered = modeling.render_prompt(tokenizer, messages)
-    return [int(t) for t in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    return prompts.prompt_ids(tokenizer, messages)
 
 
 def _train(
     runner: Runner, spec: GrpoSpec, base_source: ModelSource, current: PolicyVersion, plan: rl.Plan
 ) -> dict[str, Any]:
-    import torch
-
     started = time.monotonic()
-    device = modeling.pick_device(spec.device)
-    tokenizer = modeling.load_tokenizer(base_source)
+    tokenizer = load_tokenizer(base_source)
     first = runner.read(lambda s: rl.versions(s, runner.job_id)[0].sha256)
-    policy = modeling.load_model(
-        ModelSource(base_source.base, runner.files.path(current.sha256)), device, trainable=True
-    )
-    reference = modeling.load_model(ModelSource(base_source.base, runner.files.path(first)), device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
-    _restore_optimizer(optimizer, runner.workdir, current.version)
     rollouts = [
         grpo.Rollout(
             group_id=str(r.group_id),
@@ -141,11 +133,12 @@ def _train(
         )
         for r in plan.train
     ]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else modeling.end_of_turn_id(tokenizer)
-    torch.manual_seed(spec.seed + current.version)
-    metrics = grpo.step(policy, reference, optimizer, rollouts, spec, int(pad), current.version)
-    _save_optimizer(optimizer, runner.workdir, current.version + 1)
-    modeling.save_weights(policy, _policy_path(runner, current.version + 1))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batches.end_of_turn_id(tokenizer)
+    weights = (runner.files.path(current.sha256), runner.files.path(first))
+    out = _policy_path(runner, current.version + 1)
+    metrics = grpo.train_version(
+        base_source.base, weights, rollouts, spec, int(pad), current.version, runner.workdir, out
+    )
     staleness = [current.version - r.policy_version for r in plan.train]
     metrics.update(
         version=current.version + 1,
@@ -158,25 +151,3 @@ def _train(
         train_seconds=round(time.monotonic() - started, 3),
     )
     return metrics
-
-
-def _save_optimizer(optimizer: Any, folder: Path, version: int) -> None:
-    import torch
-
-    path = folder / f"optimizer-v{version}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, path)
-    for old in folder.glob("optimizer-v*.pt"):
-        if old != path and int(old.stem.removeprefix("optimizer-v")) < version - 1:
-            old.unlink(missing_ok=True)
-
-
-def _restore_optimizer(optimizer: Any, folder: Path, version: int) -> None:
-    """The moments the update to `version` left; fresh ones for version 0 (or if the file is lost)."""
-    import torch
-
-    path = folder / f"optimizer-v{version}.pt"
-    if path.is_file():
-        # An optimiser state is tensors and plain types: any other pickled object is refused unread.
-        optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

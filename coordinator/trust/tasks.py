@@ -3,7 +3,7 @@
 * `after_verdict(runtime, trace_id)`: called once a trace's verdict is stored; decides whether it
   is spot-checked and enqueues the validation after the decision is committed.
 * `validate_traces(ids)`: the validation task, on its own queue (`validate`): one batched prefill
-  per model, with the model kept loaded for the life of the process (models_cache).
+  per model, with the model kept loaded for the life of the process (ml/scorer.py).
 * `requeue_stale(runtime, age)`: the sweeper's pass: decisions and validations a crash lost.
 """
 
@@ -21,11 +21,12 @@ from coordinator.db import transaction, utcnow
 from coordinator.errors import FlywheelError
 from coordinator.pipeline import service as pipeline
 from coordinator.runtime import Runtime, get_runtime
-from coordinator.trust import models_cache, repository, service
-from coordinator.trust.models_cache import Scorer
-from coordinator.trust.rescore import Outcome
+from coordinator.trust import repository, service
 from coordinator.trust.validator import Submitted, validate
+from ml import scorer as scorers
+from ml.scorer import ModelUnavailable, Scorer
 from shared.protocol import ARTIFACT_MODEL_PREFIX
+from shared.trust_types import Outcome
 
 log = logging.getLogger(__name__)
 VALIDATE_TASK = "coordinator.trust.tasks.validate_traces"
@@ -72,10 +73,10 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
     validator = {"model": name, "device": settings.validation_device, "dtype": settings.validation_dtype}
     try:
         base, weights = _source(runtime, name)
-        scorer = models_cache.scorer(
+        scorer = scorers.scorer(
             name, revision, settings.validation_device, settings.validation_dtype, weights, base
         )
-    except models_cache.ModelUnavailable as exc:
+    except ModelUnavailable as exc:
         log.warning("validation of %d traces: %s", len(items), exc)
         results = [service.Result(None, str(exc), validator, 0.0)] * len(items)
     else:
@@ -139,7 +140,7 @@ def _source(runtime: Runtime, name: str) -> tuple[str | None, Path | None]:
         with transaction(runtime.sessions) as session:
             source = pipeline.resolve(session, runtime.settings, name)
     except FlywheelError as exc:
-        raise models_cache.ModelUnavailable(f"cannot load {name!r} for validation: {exc}") from exc
+        raise ModelUnavailable(f"cannot load {name!r} for validation: {exc}") from exc
     return source.base, source.weights
 
 

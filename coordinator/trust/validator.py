@@ -6,12 +6,12 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
-from coordinator.trust.models_cache import Scorer
 from coordinator.trust.policy import tolerance
-from coordinator.trust.rescore import Case, Claim, JobRules, Outcome, rescore_many
+from ml.rescore import Case, Claim, JobRules, rescore_many
+from ml.scorer import Scorer, wait_for
 from shared.protocol import JobSpec
+from shared.trust_types import Outcome
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def validate(
     """Re-score each trace; `eps` overrides the dtype-based tolerance (calibration runs use 0),
     `noise` is the model's own noise table where the operator measured one (policy.tolerance).
 
-    One prefill per group of traces (models_cache), then one scoring pass over all their rows; each
+    One prefill per group of traces (ml/scorer.py), then one scoring pass over all their rows; each
     trace is charged its share of both, by token count."""
     prompts = [scorer.prompt_ids(t.spec.messages) for t in traces]
     rules = [rules_for(scorer, t.spec, len(p)) for t, p in zip(traces, prompts, strict=True)]
@@ -66,7 +66,7 @@ def validate(
     fits = [i for i, problem in enumerate(problems) if problem is None]
     started = time.perf_counter()
     logits = scorer.completion_logits([prompts[i] for i in fits], [list(traces[i].tokens) for i in fits])
-    _wait_for(logits)  # scoring would wait for the prefill anyway; this only lets it be timed apart
+    wait_for(logits)  # scoring would wait for the prefill anyway; this only lets it be timed apart
     prefilled = time.perf_counter() - started
     allowed = [eps if eps is not None else tolerance(t.worker_dtype, scorer.dtype, noise) for t in traces]
     cases = [
@@ -86,13 +86,6 @@ def validate(
         else Checked(outcome, 0.0)
         for i, outcome in enumerate(outcomes)
     ]
-
-
-def _wait_for(logits: Sequence[Any]) -> None:
-    if logits and getattr(logits[0], "is_cuda", False):
-        import torch
-
-        torch.cuda.synchronize(logits[0].device)
 
 
 @dataclass(frozen=True)

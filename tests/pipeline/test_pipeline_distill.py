@@ -8,9 +8,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coordinator.pipeline.ops import modeling, selection
-from coordinator.pipeline.ops.modeling import ModelSource
-from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from coordinator.pipeline.ops import selection
+from ml import embeddings, loading
+from ml.training import batches
+from shared.assets import TINY_MODEL_NAME, ModelSource, tiny_model_dir
 from shared.pipeline_types import Diversity, artifact_model_name
 from tests.coordinator.conftest import Api
 from tests.pipeline.pipeline_helpers import (
@@ -69,9 +70,9 @@ def test_token_mask_masks_the_tokens_the_student_finds_unlikely(api: Api) -> Non
     campaign_id = _two_style_campaign(api)
     step = {"op": "token_mask", "model": TINY_MODEL_NAME, "max_token_loss": 3.0, "device": "cpu"}
     rows = _rows(api, _run(api, {"kind": "select", "campaign_ids": [campaign_id], "steps": [step]}))
-    tokenizer = modeling.load_tokenizer(ModelSource(str(tiny_model_dir())))
+    tokenizer = loading.load_tokenizer(ModelSource(str(tiny_model_dir())))
     for row in rows:
-        example = modeling.encode(tokenizer, modeling.prompt_messages(row), row["completion"])
+        example = batches.encode(tokenizer, batches.prompt_messages(row), row["completion"])
         assert len(row["loss_mask"]) == len(example.completion_ids) and row["loss_mask"][-1] == 1
         assert row["mask_model"] == TINY_MODEL_NAME
     masked = {r["completion"].startswith("Result"): sum(1 - m for m in r["loss_mask"]) for r in rows}
@@ -104,10 +105,10 @@ def test_sft_job_then_volunteers_evaluate_the_checkpoint(api: Api, tmp_path: Pat
     weights = download(api, checkpoint["sha256"], volunteer)
     assert hashlib.sha256(weights).hexdigest() == checkpoint["sha256"]
     (tmp_path / "w.safetensors").write_bytes(weights)
-    served = modeling.materialize(
+    served = loading.materialize(
         ModelSource(str(tiny_model_dir()), tmp_path / "w.safetensors"), tmp_path / "m"
     )
-    assert modeling.load_model(ModelSource(str(served)), "cpu").config.vocab_size > 0
+    assert loading.load_model(ModelSource(str(served)), "cpu").config.vocab_size > 0
     _evaluate(api, model_name, volunteer)
 
 
@@ -185,7 +186,7 @@ def test_diversity_samples_across_embedding_clusters() -> None:
         scores=lambda ids: [],
         scorer=lambda m, d: None,  # type: ignore[arg-type,return-value]
         verify=lambda r, t: True,
-        embed=selection.embed_minilm,
+        embed=embeddings.embed_minilm,
         source_campaigns=[],
     )
     step = Diversity(max_records=3, clusters=3, text="completion", device="cpu")

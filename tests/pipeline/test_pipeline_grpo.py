@@ -15,10 +15,10 @@ from sqlalchemy import update
 
 from coordinator.db import transaction
 from coordinator.pipeline import rl, service
-from coordinator.pipeline.ops import grpo, modeling
-from coordinator.pipeline.ops.modeling import ModelSource
 from coordinator.results.models import Trace
-from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from ml import loading
+from ml.training import batches, grpo
+from shared.assets import TINY_MODEL_NAME, ModelSource, tiny_model_dir
 from shared.pipeline_types import GrpoSpec
 from shared.protocol import ChatMessage, HardwareInfo, JobSpec, ModelRef, SamplingParams
 from tests.coordinator.conftest import Api
@@ -46,10 +46,10 @@ class Policy:
 
     def __init__(self, weights: Any = None) -> None:
         source = ModelSource(str(tiny_model_dir()), weights)
-        self.model, self.tokenizer = modeling.load_model(source, "cpu"), modeling.load_tokenizer(source)
+        self.model, self.tokenizer = loading.load_model(source, "cpu"), loading.load_tokenizer(source)
 
     def rollout(self, prompt: str, completion: str) -> tuple[list[int], list[int], list[float]]:
-        example = modeling.encode(self.tokenizer, [{"role": "user", "content": prompt}], completion)
+        example = batches.encode(self.tokenizer, [{"role": "user", "content": prompt}], completion)
         batch = grpo._collate([_rollout(example.prompt_ids, example.completion_ids, [0.0] * 999, 0.0)], 0)
         import torch
 
@@ -77,9 +77,9 @@ def _spec(**overrides: Any) -> GrpoSpec:
 
 
 def test_advantages_are_normalised_within_a_group() -> None:
-    assert grpo.group_advantages([1.0, 0.0, 1.0, 0.0]) == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-5)
-    assert grpo.group_advantages([1.0, 1.0, 1.0]) is None
-    assert grpo.group_advantages([0.5]) is None
+    assert rl.group_advantages([1.0, 0.0, 1.0, 0.0]) == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-5)
+    assert rl.group_advantages([1.0, 1.0, 1.0]) is None
+    assert rl.group_advantages([0.5]) is None
 
 
 def test_trainer_logprobs_match_what_the_worker_engine_reports() -> None:
@@ -98,7 +98,7 @@ def test_trainer_logprobs_match_what_the_worker_engine_reports() -> None:
     )
     generated = engine.generate([spec])[0]
     policy = Policy()
-    prompt = modeling.encode(
+    prompt = batches.encode(
         policy.tokenizer, [{"role": "user", "content": "What is 381 + 45?"}], ""
     ).prompt_ids
     rollout = _rollout(prompt, generated.completion_token_ids, generated.logprobs, 1.0)

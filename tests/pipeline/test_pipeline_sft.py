@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.pipeline.ops import modeling, sft
-from coordinator.pipeline.ops.modeling import ModelSource
 from coordinator.problems.sources.arithmetic import generate
-from shared.assets import TINY_MODEL_NAME, tiny_model_dir
+from ml import loading
+from ml.training import batches, sft
+from shared.assets import SERVING_FILES, TINY_MODEL_NAME, ModelSource, tiny_model_dir
 from shared.pipeline_types import SftSpec
 
 
@@ -42,9 +42,9 @@ def _spec(**overrides: Any) -> SftSpec:
 
 def _mean_loss(weights: Path | None, rows: list[dict[str, Any]]) -> float:
     source = ModelSource(str(tiny_model_dir()), weights)
-    model, tokenizer = modeling.load_model(source, "cpu"), modeling.load_tokenizer(source)
-    examples = [modeling.encode(tokenizer, modeling.prompt_messages(r), r["completion"]) for r in rows]
-    losses = modeling.token_losses(model, examples, int(tokenizer.pad_token_id), 16)
+    model, tokenizer = loading.load_model(source, "cpu"), loading.load_tokenizer(source)
+    examples = [batches.encode(tokenizer, batches.prompt_messages(r), r["completion"]) for r in rows]
+    losses = batches.token_losses(model, examples, int(tokenizer.pad_token_id), 16)
     return sum(map(sum, losses)) / sum(map(len, losses))
 
 
@@ -81,11 +81,11 @@ def test_held_out_loss_curve_starts_before_training(tmp_path: Path) -> None:
 
 
 def test_loss_mask_removes_tokens_from_the_loss(tmp_path: Path) -> None:
-    tokenizer = modeling.load_tokenizer(ModelSource(str(tiny_model_dir())))
+    tokenizer = loading.load_tokenizer(ModelSource(str(tiny_model_dir())))
     rows = _rows(2)
-    example = modeling.encode(tokenizer, modeling.prompt_messages(rows[0]), rows[0]["completion"])
+    example = batches.encode(tokenizer, batches.prompt_messages(rows[0]), rows[0]["completion"])
     mask = [0] * (len(example.completion_ids) - 1) + [1]
-    _, _, labels = modeling.pad_batch([example], 0, 4096, [mask])
+    _, _, labels = batches.pad_batch([example], 0, 4096, [mask])
     assert int((labels >= 0).sum()) == 1 and int(labels[0, -1]) == example.completion_ids[-1]
     with pytest.raises(ValueError, match="loss mask"):
         sft.train(
@@ -131,7 +131,7 @@ def test_a_resume_file_carrying_a_pickled_object_is_refused(tmp_path: Path) -> N
 
     import torch
 
-    from coordinator.pipeline import trainer
+    from ml.training import grpo
 
     marker, workdir = tmp_path / "ran", tmp_path / "run"
     workdir.mkdir()
@@ -143,7 +143,7 @@ def test_a_resume_file_carrying_a_pickled_object_is_refused(tmp_path: Path) -> N
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     torch.save({"state": {}, "param_groups": _Trap(marker)}, tmp_path / "optimizer-v1.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        trainer._restore_optimizer(optimizer, tmp_path, 1)
+        grpo._restore_optimizer(optimizer, tmp_path, 1)
     assert not marker.exists()
 
 
@@ -169,7 +169,7 @@ def test_sft_on_a_gpu_trains_a_larger_model(method: str, lr: float, tmp_path: Pa
     model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
-    for name in modeling.SERVING_FILES:
+    for name in SERVING_FILES:
         if name != "config.json" and (tiny_model_dir() / name).is_file():
             shutil.copyfile(tiny_model_dir() / name, folder / name)
     rows = _rows(64)

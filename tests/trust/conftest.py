@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.trust.models_cache import Scorer, scorer
+from ml.scorer import Scorer, scorer
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
 from tests.coordinator.conftest import Api, make_settings, serve
 from worker.engines.hf import TransformersEngine

@@ -10,14 +10,14 @@ from typing import Any
 from sqlalchemy import select
 
 from coordinator.db import transaction
-from coordinator.trust.models_cache import Scorer
-from coordinator.trust.rescore import Outcome
 from coordinator.trust.tasks import requeue_stale
 from coordinator.trust.validator import Submitted, validate
 from coordinator.workers.models import Worker
 from coordinator.workers.service import hash_token
+from ml.scorer import Scorer
 from shared.assets import TINY_MODEL_NAME
 from shared.protocol import BudgetForcing, ChatMessage, JobSpec, ModelRef, SamplingParams
+from shared.trust_types import Outcome
 from tests.coordinator.conftest import Api
 from worker.engines.base import Generation
 from worker.engines.hf import TransformersEngine

@@ -1,6 +1,6 @@
 """The re-scoring rule written out densely: every token of every row, no prefixes, no candidates.
 
-This is the definition the validator's scoring (coordinator/trust/rescore.py) must agree with; it
+This is the definition the validator's scoring (ml/rescore.py) must agree with; it
 draws noise for the whole vocabulary and builds both allowed sets from full sorts, so it is slow
 and obviously right. Returns per row (margin, lowest honest logprob, highest honest logprob)."""
 

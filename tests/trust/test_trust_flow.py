@@ -266,8 +266,8 @@ def test_traces_of_a_published_policy_version_are_validated_with_its_weights(
     import torch
 
     from coordinator.pipeline import service as pipeline
-    from coordinator.pipeline.ops.modeling import ModelSource, materialize, save_weights
-    from shared.assets import TINY_MODEL_NAME, resolve_model
+    from ml.loading import materialize, save_weights
+    from shared.assets import TINY_MODEL_NAME, ModelSource, resolve_model
     from shared.protocol import ARTIFACT_MODEL_PREFIX
 
     base = TransformersEngine.load(TINY_MODEL_NAME, device="cpu")

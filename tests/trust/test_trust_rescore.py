@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 import torch
 
-from coordinator.trust.models_cache import Scorer, scorer
 from coordinator.trust.policy import tolerance
 from coordinator.trust.validator import Submitted
+from ml.loading import stop_token_ids
+from ml.scorer import Scorer, scorer
 from shared.assets import TINY_MODEL_NAME
 from shared.protocol import JobSpec, SamplingParams
 from shared.sampling import filtered_logprobs, gumbel_noise
 from tests.trust.helpers import PROBLEMS, claim, make_job, outcomes
 from worker.engines.hf import TransformersEngine
-from worker.engines.prompt import prompt_token_ids, stop_token_ids
+from worker.engines.prompt import prompt_token_ids
 
 SAMPLINGS: list[dict[str, Any]] = [
     {"temperature": 1.0},
@@ -216,7 +217,7 @@ def test_outcomes_are_json_safe(validator: Scorer) -> None:
 def test_every_allowed_token_is_a_rival_the_claim_must_beat(filters: dict[str, Any]) -> None:
     """The sampler's pick among a filtered set passes; any other member of the set fails, the
     boundary token included, on both sides of the pick."""
-    from coordinator.trust.rescore import Claim, JobRules, rescore
+    from ml.rescore import Claim, JobRules, rescore
     from shared.sampling import sample_step
 
     generator = torch.Generator().manual_seed(5)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from coordinator.trust.rescore import MARGIN_WINDOW, JobRules, _Rows, _score_rows
+from ml.rescore import MARGIN_WINDOW, JobRules, _Rows, _score_rows
 from shared.protocol import SamplingParams
 from shared.sampling import sample_step
 from tests.trust.reference_scoring import dense_scores

@@ -10,8 +10,9 @@ import torch
 from conftest import build_random_tiny_model, make_job
 from test_worker_budget import PROBLEMS, rederive
 
+from ml.devices import cap_gpu_memory
 from shared.protocol import MAX_BATCH, BudgetForcing
-from worker.engines.hf import TransformersEngine, cap_gpu_memory
+from worker.engines.hf import TransformersEngine
 
 pytestmark = [
     pytest.mark.gpu,

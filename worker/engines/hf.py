@@ -4,9 +4,10 @@
 replay. Here every sampled token comes from shared.sampling's seeded Gumbel-max, and budget
 forcing (shared/budget.py) decides the positions that are forced instead.
 
-Samples of one problem share their prompt: each distinct prompt is prefilled once and its KV
-cache copied to every row that uses it. A batch's size can be derived from the GPU memory free
-now (`max_batch`), and `--gpu-memory-fraction` caps what this process may allocate.
+Loading, devices and the sampler's torch side are the model package's (ml/); this module is the
+engine around them. Samples of one problem share their prompt: each distinct prompt is prefilled
+once and its KV cache copied to every row that uses it. A batch's size can be derived from the
+GPU memory free now (`max_batch`), and `--gpu-memory-fraction` caps what this process may allocate.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.assets import resolve_model
-from shared.budget import BudgetState, Step
+from ml.devices import DeviceUnavailable, pick_device
+from ml.loading import WeightsMisfit, load_model, load_tokenizer, load_weights, stop_token_ids
+from ml.prompts import decode_completion
+from ml.sampling import raw_logprobs, sample_rows
+from shared.assets import ModelSource
+from shared.budget import NO_IDS, BudgetState, Step
 from shared.protocol import (
     MAX_BATCH,
     ChatMessage,
@@ -30,9 +35,8 @@ from shared.protocol import (
     ModelRef,
     SamplingParams,
 )
-from shared.sampling import sample_step
 from worker.engines.base import Generation, ShouldStop, package_version
-from worker.engines.prompt import BudgetTokenizer, decode_completion, prompt_token_ids, stop_token_ids
+from worker.engines.prompt import BudgetTokenizer, prompt_token_ids
 from worker.errors import EngineError
 
 log = logging.getLogger("flywheel.worker.engine")
@@ -100,57 +104,6 @@ def rows_that_fit(available_bytes: int, row_bytes: int, ceiling: int = MAX_BATCH
     return max(1, min(ceiling, int(available_bytes * MEMORY_SAFETY) // row_bytes))
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EngineError("--device cuda was asked for, but torch sees no CUDA device")
-    return device
-
-
-def pick_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype == "auto":
-        # fp32 on CPU: bf16 matmuls there are slow and far from what a GPU validator computes.
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
-
-
-def cap_gpu_memory(fraction: float | None) -> dict[int, int] | None:
-    """Cap this process's share of each visible GPU; the per-GPU byte limits, for device_map."""
-    import torch
-
-    if fraction is None:
-        return None
-    limits = {}
-    for index in range(torch.cuda.device_count()):
-        torch.cuda.set_per_process_memory_fraction(fraction, index)
-        limits[index] = int(fraction * torch.cuda.get_device_properties(index).total_memory)
-    return limits
-
-
-def _load_model(path: str, dtype: Any, device: str, fraction: float | None) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model: Any
-    if device.startswith("cuda"):
-        # cuDNN's attention builds a plan for every new (batch, key length) shape: in a decode
-        # loop that is every step of a first batch, which then ran at half speed. Flash and
-        # memory-efficient attention need no such set-up and are as fast here.
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    limits = cap_gpu_memory(fraction) if device == "cuda" else None
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        # Several GPUs chosen: split the layers over them, so a model too big for one still fits.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto", max_memory=limits)
-        return model
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.to(device)
-
-
 class TransformersEngine:
     verifiable = True
 
@@ -188,18 +141,17 @@ class TransformersEngine:
     ) -> TransformersEngine:
         """The model `name`, from `path` when given (a prepared directory), else from where the
         name resolves to."""
+        source = ModelSource(path) if path else ModelSource.named(name)
         try:
-            from transformers import AutoTokenizer
+            chosen = pick_device(device)
+            tokenizer = load_tokenizer(source)
+            model = load_model(source, chosen, dtype, spread=True, memory_fraction=memory_fraction)
         except ImportError as exc:
             raise EngineError("the transformers engine needs `pip install openflywheel[worker]`") from exc
-        chosen = pick_device(device)
-        path = path or resolve_model(name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = _load_model(path, pick_dtype(dtype, chosen), chosen, memory_fraction)
+        except DeviceUnavailable as exc:
+            raise EngineError(f"--{exc}") from exc
         except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot load model {name!r} from {path}: {exc}") from exc
-        model.eval()
+            raise EngineError(f"cannot load model {name!r} from {source.base}: {exc}") from exc
         engine = cls(model, tokenizer, name, chosen, memory_fraction)
         engine.warm_up()
         log.info("loaded %s on %s (%s)", name, chosen, model.dtype)
@@ -228,21 +180,16 @@ class TransformersEngine:
     def swap_weights(self, name: str, weights: Path) -> None:
         """Copy another version's full weights into the loaded model, in its dtype and on its
         devices; the tokenizer and config stay, so the file must be for this architecture."""
-        from safetensors.torch import load_model
-
         self.model_name = ""  # until the swap succeeds: nothing may run on half-replaced weights
         try:
-            missing, unexpected = load_model(self.model, str(weights), strict=False)
+            load_weights(self.model, weights)
+        except WeightsMisfit as exc:
+            raise EngineError(
+                f"the weights of {name!r} do not fit the loaded model: missing {exc.missing[:5]}, "
+                f"unexpected {exc.unexpected[:5]}"
+            ) from exc
         except (OSError, RuntimeError) as exc:
             raise EngineError(f"cannot load the weights of {name!r} from {weights}: {exc}") from exc
-        # A tied output layer is stored once, as the embedding; anything else missing is a misfit.
-        tied = getattr(self.model.config, "tie_word_embeddings", False)
-        tolerated = {k for k in missing if k.endswith("lm_head.weight")} if tied else set()
-        if set(missing) - tolerated or unexpected:
-            raise EngineError(
-                f"the weights of {name!r} do not fit the loaded model: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
         self.model_name = name
         log.info("now running %s (weights swapped in place)", name)
 
@@ -397,7 +344,8 @@ class TransformersEngine:
                 else:
                     chosen[i] = (token, logprob)
         if forced:
-            for (i, token), logprob in zip(forced.items(), forced_logprobs(logits, forced), strict=True):
+            logprobs = raw_logprobs(logits, list(forced), list(forced.values()))
+            for (i, token), logprob in zip(forced.items(), logprobs, strict=True):
                 chosen[i] = (token, logprob)
         for i in active:
             self._append(rows[i], *chosen[i], forced=i in forced)
@@ -405,23 +353,16 @@ class TransformersEngine:
     def _sample(
         self, rows: list[_Row], logits: Any, indices: list[int], step: int, plans: dict[int, Step]
     ) -> tuple[list[int], list[float]]:
-        import torch
-
-        picked = logits[torch.tensor(indices, device=logits.device)]  # a copy: masking it is safe
-        for k, i in enumerate(indices):
-            plan = plans.get(i)
-            if plan is not None and plan.suppress:
-                picked[k, sorted(plan.suppress)] = float("-inf")
         jobs = [rows[i].job for i in indices]
-        tokens, logprobs = sample_step(
-            torch,
-            picked,
+        return sample_rows(
+            logits,
+            indices,
+            [plans[i].suppress if i in plans else NO_IDS for i in indices],
             seeds=[j.sampling.seed for j in jobs],
             sample_indices=[j.sample_index for j in jobs],
             positions=[step] * len(indices),
             sampling=[j.sampling for j in jobs],
         )
-        return [int(t) for t in tokens.tolist()], [float(x) for x in logprobs.tolist()]
 
     def _append(self, row: _Row, token: int, logprob: float, forced: bool) -> None:
         row.tokens.append(token)
@@ -433,14 +374,3 @@ class TransformersEngine:
             row.finish = FinishReason.stop
         elif len(row.tokens) >= row.limit:
             row.finish = FinishReason.length
-
-
-def forced_logprobs(logits: Any, forced: dict[int, int]) -> list[float]:
-    """The model's own log-softmax (raw logits, float64: no temperature, no filtering) of each
-    forced token, for the rows in `forced` (row index -> token id)."""
-    import torch
-
-    rows = torch.tensor(list(forced), device=logits.device)
-    tokens = torch.tensor(list(forced.values()), device=logits.device)
-    logprobs = torch.log_softmax(logits[rows].to(torch.float64), dim=-1)
-    return [float(x) for x in logprobs.gather(-1, tokens[:, None])[:, 0].tolist()]

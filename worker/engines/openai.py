@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.assets import resolve_model
+from ml.loading import load_tokenizer as ml_tokenizer
+from shared.assets import ModelSource
 from shared.protocol import MAX_BATCH, BudgetForcing, EngineInfo, FinishReason, JobSpec
 from worker.engines.base import Generation, ShouldStop
 from worker.engines.prompt import render_prompt
@@ -37,9 +38,7 @@ FINISH = {"stop": FinishReason.stop, "eos": FinishReason.stop, "length": FinishR
 def load_tokenizer(model: str) -> Any | None:
     """The model's tokenizer when transformers and the files are available locally, else None."""
     try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(resolve_model(model))
+        return ml_tokenizer(ModelSource.named(model))
     except Exception as exc:  # any failure just means: let the server apply its own template
         log.info("no local tokenizer for %s (%s); using /chat/completions", model, type(exc).__name__)
         return None

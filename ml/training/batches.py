@@ -1,32 +1,19 @@
-"""Loading, scoring and saving causal language models for the pipeline's trusted-machine jobs.
+"""Tokenized training examples, their padded batches, and per-token losses.
 
-A model is a base (a name `from_pretrained` opens: config, tokenizer, weights) optionally overlaid
-with weights from an artifact: one safetensors file of the full state dict. Checkpoints and RL
-policy versions are such files, so a worker that has the base model needs only the weights.
-Prompts are rendered exactly as workers render them (the model's chat template, generation prompt
-open, no extra special tokens), so what is trained on is what is sampled from.
+Prompts are rendered exactly as workers render them (ml/prompts.py), so what is trained on is
+what is sampled from.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.assets import SERVING_FILES
+from ml.prompts import encode_text, prompt_ids
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: `base` for `from_pretrained`, `weights` overlaid when given."""
-
-    base: str
-    weights: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -35,75 +22,6 @@ class Example:
 
     prompt_ids: list[int]
     completion_ids: list[int]  # the completion's tokens followed by the end-of-turn token
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
-    return device
-
-
-def load_tokenizer(source: ModelSource) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(source.base)
-
-
-def load_model(source: ModelSource, device: str, trainable: bool = False) -> Any:
-    """The model in float32 (training and loss scoring want full precision on small models)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
-    if source.weights is not None:
-        load_weights(model, source.weights)
-    torch.nn.Module.to(model, device)  # in place; the model's own `to` is typed for its wrapper only
-    return model.train() if trainable else model.eval()
-
-
-def load_weights(model: Any, path: Path) -> None:
-    from safetensors.torch import load_model as load_safetensors
-
-    missing, unexpected = load_safetensors(model, str(path), strict=False)
-    # Tied heads are stored once; anything else missing means the file is not for this model.
-    tied = {name for name in missing if name.endswith("lm_head.weight")}
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def save_weights(model: Any, path: Path) -> Path:
-    """The full state dict as one safetensors file (tensors shared by tied layers stored once)."""
-    from safetensors.torch import save_model
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path), metadata={"format": "pt"})
-    return path
-
-
-def materialize(source: ModelSource, dest: Path) -> Path:
-    """A directory `from_pretrained` (and so a worker) opens: the base's config and tokenizer, the
-    weights file as `model.safetensors`. Needs `source.base` to be a local directory."""
-    base = Path(source.base)
-    if not base.is_dir():
-        raise ValueError(f"materialize needs a local base model directory, not {source.base!r}")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SERVING_FILES:
-        if (base / name).is_file():
-            shutil.copyfile(base / name, dest / name)
-    weights = source.weights or base / "model.safetensors"
-    shutil.copyfile(weights, dest / "model.safetensors")
-    return dest
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat_template; Flywheel prompts are chat messages")
-    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return str(text)
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -115,9 +33,8 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 def encode(tokenizer: Any, messages: Sequence[dict[str, str]], completion: str) -> Example:
     """`messages` are the turns before the answer (the prompt); `completion` the assistant's text."""
-    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return Example([int(t) for t in prompt], [int(t) for t in answer] + [end_of_turn_id(tokenizer)])
+    answer = encode_text(tokenizer, completion)
+    return Example(prompt_ids(tokenizer, messages), [*answer, end_of_turn_id(tokenizer)])
 
 
 def prompt_messages(record: dict[str, Any]) -> list[dict[str, str]]:

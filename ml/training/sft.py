@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.pipeline.ops import modeling
-from coordinator.pipeline.ops.modeling import Example, ModelSource
+from ml.devices import pick_device
+from ml.loading import load_model, load_tokenizer, save_weights
+from ml.training import batches
+from ml.training.batches import Example
+from shared.assets import ModelSource
 from shared.pipeline_types import SftSpec
 
 Progress = Callable[[float, str, dict[str, Any]], None]
@@ -56,7 +59,7 @@ def _encode_rows(
 ) -> tuple[list[Example], list[list[int] | None]]:
     examples, masks = [], []
     for row in rows:
-        example = modeling.encode(tokenizer, modeling.prompt_messages(row), str(row["completion"]))
+        example = batches.encode(tokenizer, batches.prompt_messages(row), str(row["completion"]))
         mask = row.get("loss_mask")
         if mask is not None and len(mask) != len(example.completion_ids):
             raise ValueError(
@@ -77,7 +80,7 @@ def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec) -> _Da
     # Too few rows for a meaningful held-out loss: train on all of them.
     n_eval = int(spec.eval_fraction * len(order)) if len(order) >= 20 else 0
     held, kept = order[:n_eval], order[n_eval:]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else modeling.end_of_turn_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batches.end_of_turn_id(tokenizer)
     return _Data(
         train=[examples[i] for i in kept],
         train_masks=[masks[i] for i in kept],
@@ -137,7 +140,7 @@ def _micro_batches(
     micro = spec.micro_batch or spec.batch_size
     out = []
     for start in range(0, len(examples), micro):
-        ids, attention, labels = modeling.pad_batch(
+        ids, attention, labels = batches.pad_batch(
             examples[start : start + micro], data.pad_id, spec.max_length, masks[start : start + micro]
         )
         out.append((ids, attention, labels, int((labels[:, 1:] >= 0).sum())))
@@ -148,7 +151,7 @@ def _summed_loss(model: Any, batch: tuple[Any, Any, Any, int]) -> Any:
     device = next(model.parameters()).device
     ids, attention, labels, count = batch
     logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
-    mean, _ = modeling.masked_lm_loss(logits, labels.to(device))
+    mean, _ = batches.masked_lm_loss(logits, labels.to(device))
     return mean * count
 
 
@@ -263,10 +266,10 @@ def train(
         raise ValueError("the dataset has no rows")
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    device = modeling.pick_device(spec.device)
-    tokenizer = modeling.load_tokenizer(source)
+    device = pick_device(spec.device)
+    tokenizer = load_tokenizer(source)
     data = _split(tokenizer, rows, spec)
-    model = _wrap(modeling.load_model(source, device, trainable=True), spec)
+    model = _wrap(load_model(source, device, "float32", trainable=True), spec)
     optimizer = _optimizer(model, spec)
     state = _loop(model, optimizer, data, spec, workdir, progress)
     model.eval()
@@ -280,7 +283,7 @@ def _finish(model: Any, spec: SftSpec, workdir: Path, state: _State, data: _Data
         adapter = workdir / "adapter" / "adapter_model.safetensors"
         adapter_config = model.peft_config["default"].to_dict()
         model = model.merge_and_unload()
-    weights = modeling.save_weights(model, workdir / "model.safetensors")
+    weights = save_weights(model, workdir / "model.safetensors")
     trainable = sum(p.numel() for p in model.parameters())
     metrics = {
         "steps": state.step,

@@ -1,24 +1,29 @@
-"""GRPO from volunteer rollouts: group-normalised advantages and the clipped policy-gradient step.
+"""GRPO from volunteer rollouts: the clipped policy-gradient step.
 
-Rewards are the verifiers' scores, stored by the coordinator, never a worker's claim. A group whose
-rewards are all equal has zero advantage everywhere and is skipped. The importance ratio uses the
+Rewards are the verifiers' scores, stored by the coordinator, never a worker's claim; the
+coordinator normalises them within each group into advantages (coordinator/pipeline/rl.py) and a
+group whose rewards are all equal has zero advantage everywhere and is skipped. The importance ratio uses the
 per-token logprobs the worker reported for the policy version it sampled from, so rollouts of an
 older version (within the staleness bound) still give an unbiased, clipped update. Those logprobs
 are a worker's claim too: a ratio is capped (dual clip), and an on-policy rollout whose claimed
-logprobs stray from the trainer's own beyond `max_logprob_gap` is dropped.
+logprobs stray from the trainer's own beyond `max_logprob_gap` is dropped. Between versions the
+optimizer's moments live in `optimizer-v<k>.pt` in the run's work folder (`train_version`).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ml.devices import pick_device
+from ml.loading import load_model, save_weights
+from shared.assets import ModelSource
 from shared.pipeline_types import GrpoSpec
 from shared.protocol import SamplingParams
-
-ADV_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,6 @@ class Rollout:
     reward: float
     passed: bool
     advantage: float = 0.0
-
-
-def group_advantages(rewards: Sequence[float]) -> list[float] | None:
-    """(r - mean) / std within a group; None when every reward is the same (nothing to learn)."""
-    if len(rewards) < 2:
-        return None
-    mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
-    if std < 1e-9:
-        return None
-    return [(r - mean) / (std + ADV_EPS) for r in rewards]
 
 
 @dataclass
@@ -253,3 +248,52 @@ def step(
     metrics["tokens"] = tokens
     metrics["optimizer_steps"] = spec.epochs_per_step * len(plan)
     return metrics
+
+
+def train_version(
+    base: str,
+    weights: tuple[Path, Path],
+    rollouts: Sequence[Rollout],
+    spec: GrpoSpec,
+    pad_id: int,
+    version: int,
+    workdir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    """From policy `version` to the next: the policy and the reference (`weights`: their files,
+    over `base`) loaded, the optimizer's moments restored from `workdir`, one `step`, then the new
+    weights saved to `out` and the moments beside them. Returns the step's metrics."""
+    import torch
+
+    device = pick_device(spec.device)
+    policy = load_model(ModelSource(base, weights[0]), device, "float32", trainable=True)
+    reference = load_model(ModelSource(base, weights[1]), device, "float32")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
+    _restore_optimizer(optimizer, workdir, version)
+    torch.manual_seed(spec.seed + version)
+    metrics = step(policy, reference, optimizer, rollouts, spec, pad_id, version)
+    _save_optimizer(optimizer, workdir, version + 1)
+    save_weights(policy, out)
+    return metrics
+
+
+def _save_optimizer(optimizer: Any, folder: Path, version: int) -> None:
+    import torch
+
+    path = folder / f"optimizer-v{version}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(optimizer.state_dict(), tmp)
+    os.replace(tmp, path)
+    for old in folder.glob("optimizer-v*.pt"):
+        if old != path and int(old.stem.removeprefix("optimizer-v")) < version - 1:
+            old.unlink(missing_ok=True)
+
+
+def _restore_optimizer(optimizer: Any, folder: Path, version: int) -> None:
+    """The moments the update to `version` left; fresh ones for version 0 (or if the file is lost)."""
+    import torch
+
+    path = folder / f"optimizer-v{version}.pt"
+    if path.is_file():
+        # An optimiser state is tensors and plain types: any other pickled object is refused unread.
+        optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,53 @@
+"""Devices and dtypes: what `auto` means, and the GPU memory a process may take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not there (CUDA asked for where torch sees none)."""
+
+
+def pick_device(device: str) -> str:
+    """`auto` is CUDA where torch sees it, else the CPU; any other name is checked and kept."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def cuda_devices() -> list[tuple[str, float]]:
+    """Name and memory (GiB) of each GPU torch sees."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return [(p.name, round(p.total_memory / 1024**3, 1)) for p in props]
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype named `dtype`; `auto` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        # fp32 on CPU: bf16 matmuls there are slow and far from what a GPU validator computes.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def cap_gpu_memory(fraction: float | None) -> dict[int, int] | None:
+    """Cap this process's share of each visible GPU; the per-GPU byte limits, for device_map."""
+    import torch
+
+    if fraction is None:
+        return None
+    limits = {}
+    for index in range(torch.cuda.device_count()):
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+        limits[index] = int(fraction * torch.cuda.get_device_properties(index).total_memory)
+    return limits
