@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.protocol import Verdict, VerifierSpec
-from verifier import sandbox, values
-from verifier.errors import SandboxUnavailableError, SpecError
+from verifier import memcap, sandbox, values
+from verifier.errors import SandboxUnavailableError, SpecError, VerifierError
 
 MAX_SOURCE_CHARS = 64_000
 MAX_TESTS = 1_000
@@ -26,6 +26,11 @@ DEFAULT_OUTPUT_BYTES = 1 << 20
 # Per submission: 1,000 tests that each sleep to their limit must not hold a verifier for an hour.
 DEFAULT_BUDGET_S = 60.0
 STARTUP_ALLOWANCE_S = 10.0
+# A limit that tripped counts against the program only if it had this share of the limit to itself:
+# wall time minus its run-delay (time it was runnable but the host ran others). Below that, the
+# host stalled, not the program, and the verdict is "retry later".
+STALL_SHARE = 0.9
+CPU_SLACK_S = 0.05  # rusage and schedstat are read at slightly different moments
 CONFIG_KEYS = frozenset(
     {"language", "style", "tests", "entry_point", "prelude", "compare", "float_tol", "time_limit_s"}
     | {"memory_mb", "output_limit_bytes", "budget_s", "task_id"}
@@ -34,6 +39,17 @@ STDIO_TEST_KEYS, STDIO_REQUIRED = frozenset({"stdin", "stdout"}), frozenset({"st
 CALL_TEST_KEYS, CALL_REQUIRED = frozenset({"args", "kwargs", "expected"}), frozenset({"args", "expected"})
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 _THINK_END = "</think>"
+
+
+class HostStalledError(VerifierError):
+    """The verdict is indeterminate: a limit tripped because the host kept the sandbox off the CPU,
+    not because of the program. Retry later; `verdict` is what this attempt measured, for a caller
+    that has retried enough and stores it anyway."""
+
+    def __init__(self, reason: str, verdict: Verdict) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.verdict = verdict
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class CodeConfig:
     memory_mb: int
     output_bytes: int
     budget_s: float
+    sandbox_memory_mb: int = memcap.DEFAULT_TOTAL_MB
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> CodeConfig:
@@ -106,6 +123,8 @@ class CodeConfig:
             prelude=str(config.get("prelude", "")),
             compare=compare,
             float_tol=float(config.get("float_tol", values.DEFAULT_FLOAT_TOL)),
+            # One cap for the sandbox's processes together; never below one process's own limit.
+            sandbox_memory_mb=max(memcap.default_total_mb(), limits["memory_mb"]),
             **limits,
         )
 
@@ -114,10 +133,14 @@ class CodeConfig:
             "cpu_s": self.time_limit_s,
             "wall_s": self.time_limit_s * 2 + 0.5,  # sleeping or blocked programs burn no CPU
             "memory_mb": self.memory_mb,
+            "sandbox_memory_mb": self.sandbox_memory_mb,
             "output_bytes": self.output_bytes,
             "nproc": 16,
             "fsize_mb": 16,
         }
+
+    def wall_s(self) -> float:
+        return float(self.limits()["wall_s"])
 
 
 def check_test(style: str, index: int, test: dict[str, Any]) -> None:
@@ -219,7 +242,13 @@ def _same_token(want: str, got: str, tol: float) -> bool:
 
 
 def judge(cfg: CodeConfig, test: dict[str, Any], frame: dict[str, Any] | None) -> str:
-    """One test's outcome: 'passed' or the aggregate category of its failure."""
+    """One test's outcome: 'passed' or the aggregate category of its failure ('memory' where the
+    kernel killed one of its processes for the sandbox's memory cap)."""
+    outcome = _judge(cfg, test, frame)
+    return "memory" if outcome != "passed" and frame is not None and frame.get("oom") else outcome
+
+
+def _judge(cfg: CodeConfig, test: dict[str, Any], frame: dict[str, Any] | None) -> str:
     if frame is None:
         return "not_run"
     if frame.get("status") != "ok":
@@ -252,32 +281,84 @@ def verify_code(spec: VerifierSpec, answer: str) -> Verdict:
     source = (cfg.prelude + "\n" + code) if cfg.prelude else code
     if len(source) > MAX_SOURCE_CHARS:
         return _zero(f"source longer than {MAX_SOURCE_CHARS} characters")
-    frames, compile_frame = _run(cfg, source)
-    if compile_frame is not None and (compile_frame.get("status") != "ok" or compile_frame.get("exit") != 0):
+    run = _run(cfg, source)
+    verdict = _verdict(cfg, run)
+    stall = None if verdict.passed else stall_reason(cfg, run)
+    if stall is not None:
+        raise HostStalledError(stall, verdict)
+    return verdict
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """One sandbox run's frames: per test index, the compile step's, the closing `done` frame."""
+
+    tests: dict[int, dict[str, Any]]
+    compiled: dict[str, Any] | None
+    done: dict[str, Any] | None
+    oom_kills: int
+
+
+def _verdict(cfg: CodeConfig, run: _Frames) -> Verdict:
+    compiled = run.compiled
+    if compiled is not None and (compiled.get("status") != "ok" or compiled.get("exit") != 0):
         return _zero("compilation failed", {"tests": len(cfg.tests), "passed": 0})
-    outcomes = [judge(cfg, test, frames.get(i)) for i, test in enumerate(cfg.tests)]
+    outcomes = [judge(cfg, test, run.tests.get(i)) for i, test in enumerate(cfg.tests)]
+    if run.done is None and run.oom_kills:  # the cap killed the runner itself: the rest never ran
+        outcomes = ["memory" if o == "not_run" else o for o in outcomes]
     counts = Counter(outcomes)
     passed = counts.pop("passed", 0)
     score = passed / len(cfg.tests)
     details = {"tests": len(cfg.tests), "passed": passed, "failures": dict(sorted(counts.items()))}
     reason = "" if passed == len(cfg.tests) else f"{passed} of {len(cfg.tests)} tests passed"
+    if counts.get("memory"):
+        reason += f"; memory limit: {cfg.sandbox_memory_mb} MiB for the sandbox's processes together"
     return Verdict(score=score, passed=passed == len(cfg.tests), reason=reason, details=details)
 
 
-def _run(cfg: CodeConfig, source: str) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
-    """Run every test in one sandbox; frames by test index, and the compile frame if any."""
+def stall_reason(cfg: CodeConfig, run: _Frames) -> str | None:
+    """Why the failures may be the host's doing rather than the program's, or None. A sandbox
+    that misses its overall deadline gives no such reason: its program may have stopped the runner."""
+    compiled = run.compiled
+    if compiled is not None and _stalled(compiled, float(_compile_limits()["wall_s"])):
+        return "host stalled: the compiler ran out of wall time while waiting for a CPU"
+    stalled = [i for i, frame in sorted(run.tests.items()) if _stalled(frame, cfg.wall_s())]
+    if stalled:
+        count = len(stalled)
+        return f"host stalled: {count} tests timed out while waiting for a CPU (first: test {stalled[0]})"
+    done = run.done or {}
+    if done.get("budget_spent") and _starved(done, "elapsed_s", cfg.budget_s):
+        return "host stalled: the time budget ran out while the tests waited for a CPU"
+    return None
+
+
+def _stalled(frame: dict[str, Any], wall_limit: float) -> bool:
+    return frame.get("status") == "timeout" and _starved(frame, "wall_s", wall_limit)
+
+
+def _starved(frame: dict[str, Any], elapsed_key: str, limit: float) -> bool:
+    """The program had less than STALL_SHARE of `limit` to itself, and the CPU it used fits in
+    that time: its own threads competing with each other do not count as the host's doing."""
+    own = float(frame.get(elapsed_key, 0.0)) - float(frame.get("delay_s", 0.0))
+    return own < STALL_SHARE * limit and float(frame.get("cpu_s", 0.0)) <= own + CPU_SLACK_S
+
+
+def _run(cfg: CodeConfig, source: str) -> _Frames:
+    """Run every test in one sandbox."""
     job = build_job(cfg, source)
     # The runner stops starting tests after budget_s; the last one may run to its wall limit.
     budget = STARTUP_ALLOWANCE_S + cfg.budget_s + cfg.time_limit_s * 2 + 0.5
     if cfg.language.compile:
         budget += 30.0
-    frames, stderr = sandbox.run_once(job, budget)
+    run = sandbox.run_job(job, budget)
+    frames = run.frames
     if not any(f.get("started") for f in frames):
         # The runner never got going: a broken sandbox, not a bad program. Score nothing.
-        raise SandboxUnavailableError(f"the sandbox runner did not start: {stderr.strip()[-400:]}")
+        raise SandboxUnavailableError(f"the sandbox runner did not start: {run.stderr.strip()[-400:]}")
     by_index = {int(f["i"]): f for f in frames if isinstance(f.get("i"), int)}
     compile_frame = next((f["compile"] for f in frames if isinstance(f.get("compile"), dict)), None)
-    return by_index, compile_frame
+    done = next((f for f in frames if f.get("done")), None)
+    return _Frames(by_index, compile_frame, done, run.oom_kills)
 
 
 def build_job(cfg: CodeConfig, source: str) -> dict[str, Any]:

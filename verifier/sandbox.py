@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verifier import sandbox_env, seccomp
+from verifier import memcap, sandbox_env, seccomp
 from verifier.errors import SandboxUnavailableError
 
 SANDBOX_UID = 65534
@@ -190,16 +190,20 @@ class Sandbox:
     """One running sandbox with the trusted runner inside, talking JSON lines over pipes.
 
     The first line sent is the job; every line read back must carry this sandbox's nonce.
+    A job whose limits name `sandbox_memory_mb` gets that cap for all its processes together
+    (verifier/memcap.py: a cgroup of its own, or the rlimit fallback).
     """
 
     def __init__(self, job: dict[str, Any], skip_site: bool = True) -> None:
         self.nonce = uuid.uuid4().hex
         self._buffer = bytearray()
+        self.cgroup: memcap.Cgroup | None = None
+        job, prefix, binds = self._cap_memory(job)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sandbox
         self.userns = _namespaces.acquire() if layout().as_root else None
         filter_fd = seccomp.filter_fd()
         flags = ["-I", "-B", *(["-S"] if skip_site else [])]
-        argv = [*bwrap_args(self.userns, filter_fd), layout().python, *flags, RUNNER]
+        argv = [*prefix, *bwrap_args(self.userns, filter_fd, binds), layout().python, *flags, RUNNER]
         fds = [filter_fd] if self.userns is None else [filter_fd, self.userns]
         try:
             self.proc = subprocess.Popen(
@@ -212,11 +216,39 @@ class Sandbox:
             )
         except OSError as exc:
             self._release_userns(reuse=False)
+            self._remove_cgroup()
             raise SandboxUnavailableError(f"could not start bwrap: {exc}") from exc
         finally:
             os.close(filter_fd)
         full_job = {**job, "nonce": self.nonce, "pidns": True, "scratch": "/tmp", "import_root": RUNNER_ROOT}
         self.send_job({**full_job, "drop_to": SANDBOX_UID})
+
+    def _cap_memory(self, job: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """The job as the runner gets it, a command prefix and extra bwrap arguments for the cap."""
+        limits = job.get("limits", {})
+        if "sandbox_memory_mb" not in limits:
+            return job, [], []
+        total_mb = int(limits["sandbox_memory_mb"])
+        under = memcap.parent()
+        if under is None:
+            overhead = 1 if layout().as_root else 2  # the runner; without root, bwrap's init too
+            nproc = memcap.rlimit_nproc(limits, total_mb, overhead)
+            return {**job, "limits": {**limits, "nproc": nproc}}, [], []
+        try:
+            self.cgroup = memcap.Cgroup.create(under, total_mb << 20)
+        except OSError as exc:
+            raise SandboxUnavailableError(f"could not create the sandbox's cgroup: {exc}") from exc
+        binds = ["--ro-bind", self.cgroup.events, memcap.EVENTS_IN_SANDBOX]
+        return {**job, "memory_events": memcap.EVENTS_IN_SANDBOX}, self.cgroup.enter_argv(), binds
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed for the memory cap so far (cgroup mode; else 0)."""
+        return self.cgroup.oom_kills() if self.cgroup is not None else 0
+
+    def _remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def _release_userns(self, reuse: bool) -> None:
         if self.userns is not None:
@@ -283,6 +315,7 @@ class Sandbox:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self._release_userns(reuse=ended_by_itself)
+        self._remove_cgroup()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -290,8 +323,24 @@ class Sandbox:
         self._stderr.close()
 
 
+@dataclass(frozen=True)
+class Run:
+    """What a one-shot sandbox left: its frames (up to `done`), bwrap's stderr tail, and how
+    many of its processes the kernel killed for the memory cap (cgroup mode)."""
+
+    frames: list[dict[str, Any]]
+    stderr: str
+    oom_kills: int = 0
+
+
 def run_once(job: dict[str, Any], timeout_s: float) -> tuple[list[dict[str, Any]], str]:
     """Run a one-shot job; returns its frames (up to the `done` frame) and bwrap's stderr tail."""
+    run = run_job(job, timeout_s)
+    return run.frames, run.stderr
+
+
+def run_job(job: dict[str, Any], timeout_s: float) -> Run:
+    """Run a one-shot job to its `done` frame or `timeout_s`."""
     sandbox = Sandbox(job)
     frames: list[dict[str, Any]] = []
     try:
@@ -301,7 +350,7 @@ def run_once(job: dict[str, Any], timeout_s: float) -> tuple[list[dict[str, Any]
             frames.append(frame)
             if frame.get("done"):
                 break
-        return frames, sandbox.stderr_tail()
+        return Run(frames, sandbox.stderr_tail(), sandbox.oom_kills())
     finally:
         if frames and frames[-1].get("done"):
             # The runner is exiting with its children already dead: let it end and be reaped in

@@ -38,6 +38,7 @@ WORKDIR = ".work"  # under the scratch dir: compiled programs, kept across tests
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
 values: Any = None  # verifier.values, imported only by the styles that need it (it needs json)
 # Imports are kept to what the stdin/stdout style needs: each one is paid once per submission.
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
@@ -52,6 +53,11 @@ class Runner:
         self.pidns = bool(job.get("pidns")) and os.getpid() == 2
         self.scratch: str | None = job.get("scratch")
         self.workdir = os.path.join(self.scratch or "/nonexistent", WORKDIR)
+        # The sandbox cgroup's memory.events (cgroup mode only): its oom_kill count, read after
+        # each child, tells which test the kernel killed for the sandbox's memory cap.
+        self.events: str | None = job.get("memory_events")
+        self.oom_seen = _oom_kills(self.events)
+        self.delay_s = 0.0  # run-delay of every child so far: time the host kept them waiting
 
     def emit(self, frame: dict[str, Any]) -> None:
         data = (_json({"nonce": self.nonce, **frame}) + "\n").encode()
@@ -68,6 +74,7 @@ class Runner:
         os.lseek(stdin_fd, 0, os.SEEK_SET)
         out_r, out_w = os.pipe()
         res_r, res_w = os.pipe()
+        started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             self._enter_child(stdin_fd, out_w, res_w)
@@ -76,7 +83,9 @@ class Runner:
         for fd in (stdin_fd, out_w, res_w):
             os.close(fd)
         try:
-            return self._collect(pid, out_r, res_r)
+            outcome = self._collect(pid, out_r, res_r)
+            outcome["wall_s"] = time.monotonic() - started
+            return outcome
         finally:
             os.close(out_r)
             os.close(res_r)
@@ -125,23 +134,34 @@ class Runner:
         return {"status": status, "out": bytes(buffers[out_r][:cap]), "res": bytes(buffers[res_r][:cap])}
 
     def _cleanup(self, pid: int) -> None:
-        """Kill the child and everything it started, reap it, and empty /tmp."""
+        """Kill the child and everything it started, reap it, and empty /tmp.
+
+        Before the kill, the child's run-delay (/proc/<pid>/schedstat: time it was runnable but
+        not running, i.e. waiting for a CPU that others got) and the CPU time of every process
+        the program has: its own processes competing for CPUs are not the host's doing."""
+        self.last_delay = _run_delay(pid)
+        self.delay_s += self.last_delay
+        tree_cpu = _program_cpu(pid, self.pidns)
         if self.pidns:
             # In our own pid namespace, -1 means every process but the namespace init and us.
             _kill(-1)
         else:
             _kill(-pid)
         _kill(pid)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         self.last_status = status
+        self.last_cpu = max(tree_cpu, usage.ru_utime + usage.ru_stime)
+        seen, self.oom_seen = self.oom_seen, _oom_kills(self.events)
+        self.last_oom = self.oom_seen > seen
         if self.scratch:
             _wipe(self.scratch, keep=self.workdir)
 
     def child_exit(self) -> dict[str, Any]:
         status = self.last_status
+        measured = {"cpu_s": self.last_cpu, "delay_s": self.last_delay, "oom": self.last_oom}
         if os.WIFSIGNALED(status):
-            return {"exit": None, "signal": os.WTERMSIG(status)}
-        return {"exit": os.WEXITSTATUS(status), "signal": None}
+            return {"exit": None, "signal": os.WTERMSIG(status), **measured}
+        return {"exit": os.WEXITSTATUS(status), "signal": None, **measured}
 
     # ------------------------------------------------------------------ modes
 
@@ -153,17 +173,24 @@ class Runner:
         # The first compile() in a process builds the AST node types (about 1.3 ms); doing it
         # once here, on a constant, means no forked child pays for it again.
         compile("pass", "<warm-up>", "exec")
-        stop_at = time.monotonic() + float(self.job.get("budget_s", 3600.0))
+        begun, own_delay = time.monotonic(), _run_delay(0)
+        stop_at = begun + float(self.job.get("budget_s", 3600.0))
+        done: dict[str, Any] = {"done": True}
         for index, test in enumerate(self.job["tests"]):
             if time.monotonic() > stop_at:
-                break  # the submission's time budget is spent: the remaining tests count as failed
+                # The submission's time budget is spent: the remaining tests count as failed. The
+                # host tells from the time it lost to others whether the program or the host spent it.
+                delay = self.delay_s + _run_delay(0) - own_delay
+                done.update(budget_spent=True, elapsed_s=time.monotonic() - begun, delay_s=delay)
+                break
             body, stdin = self._test_body(test)
             outcome = self.spawn(body, stdin)
             frame = {"i": index, "status": outcome["status"], **self.child_exit()}
+            frame["wall_s"] = outcome["wall_s"]
             frame["stdout"] = outcome["out"].decode("utf-8", "replace")
             frame["value"] = outcome["res"].decode("utf-8", "replace")
             self.emit(frame)
-        self.emit({"done": True, "cpu_s": _cpu_s()})
+        self.emit({**done, "cpu_s": _cpu_s()})
 
     def _test_body(self, test: dict[str, Any]) -> tuple[Any, bytes]:
         style, source, entry = self.job["style"], self.job.get("source", ""), self.job.get("entry_point", "")
@@ -191,7 +218,7 @@ class Runner:
             outcome = self.spawn(_exec_body(command, self.workdir), b"")
         finally:
             self.limits = test_limits
-        result = {"status": outcome["status"], **self.child_exit()}
+        result = {"status": outcome["status"], **self.child_exit(), "wall_s": outcome["wall_s"]}
         self.emit({"compile": result})
         return result["status"] == "ok" and result["exit"] == 0
 
@@ -394,6 +421,41 @@ def _cpu_s() -> float:
     """CPU seconds of this runner and its reaped children (bwrap's own accounting loses them)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _run_delay(pid: int) -> float:
+    """Seconds `pid` (0: this process) has spent runnable but waiting for a CPU; 0.0 if unknown."""
+    try:
+        with open(f"/proc/{pid or 'self'}/schedstat") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _program_cpu(pid: int, pidns: bool) -> float:
+    """CPU seconds of the program's live and zombie processes and of the children they reaped
+    (utime, stime, cutime, cstime): in our pid namespace every process but init and us."""
+    mine = (1, os.getpid())
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in mine] if pidns else [pid]
+    ticks = 0
+    for other in pids:
+        try:
+            with open(f"/proc/{other}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            ticks += sum(int(value) for value in fields[11:15])
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return ticks / _CLOCK_TICKS
+
+
+def _oom_kills(events: str | None) -> int:
+    if not events:
+        return 0
+    with open(events) as handle:
+        for line in handle:
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
 
 
 def _set_memory_limit(limits: dict[str, Any]) -> None:
