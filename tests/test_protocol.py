@@ -49,7 +49,7 @@ def _job(**extra: Any) -> protocol.JobSpec:
 
 
 def test_a_job_without_rollout_fields_parses_on_a_worker_that_predates_them() -> None:
-    fields = {
+    fields: dict[str, Any] = {
         k: (f.annotation, f) for k, f in protocol.JobSpec.model_fields.items() if k not in ("policy", "group")
     }
     older = create_model("OlderJobSpec", __base__=protocol.Wire, **fields)

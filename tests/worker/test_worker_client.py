@@ -24,7 +24,14 @@ from shared.protocol import (
 )
 from worker.client import RESPONSE_LIMIT, CoordinatorClient, parse_retry_after
 from worker.config import RetryPolicy
-from worker.errors import AuthError, ProtocolMismatch, RejectedError, ResponseTooLarge, TransientError
+from worker.errors import (
+    AuthError,
+    CoordinatorError,
+    ProtocolMismatch,
+    RejectedError,
+    ResponseTooLarge,
+    TransientError,
+)
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 LEASE = API_PREFIX + Routes.lease
@@ -95,7 +102,7 @@ def test_gives_up_after_the_last_attempt(coordinator: FakeCoordinator) -> None:
     ],
 )
 def test_4xx_maps_to_typed_errors_without_retry(
-    coordinator: FakeCoordinator, reply: Reply, kind: type
+    coordinator: FakeCoordinator, reply: Reply, kind: type[CoordinatorError]
 ) -> None:
     coordinator.fail_next(LEASE, reply)
     with client_for(coordinator) as client, pytest.raises(kind) as caught:

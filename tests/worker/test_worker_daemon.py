@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_job
@@ -157,8 +158,9 @@ def flywheel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def status_json(state: Path) -> dict[str, object]:
-    return json.loads(flywheel("status", "--state-dir", str(state), "--json").stdout)  # type: ignore[no-any-return]
+def status_json(state: Path) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(flywheel("status", "--state-dir", str(state), "--json").stdout)
+    return status
 
 
 def daemon_state(state: Path) -> object:
@@ -209,7 +211,7 @@ def test_pause_before_start_keeps_the_daemon_paused(
     try:
         assert wait_for(
             lambda: (status_json(state).get("status") or {}).get("status") == "paused", timeout=180
-        )  # type: ignore[union-attr]
+        )
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     finally:

@@ -116,10 +116,12 @@ def publish(live: Live, data: bytes, tmp_path: Path) -> Weights:
     return Weights(sha, TINY_MODEL_NAME, size, service.artifact_url(sha))
 
 
-def cache_for(live: Live, root: Path, network: Network, **options: int) -> PolicyCache:
+def cache_for(
+    live: Live, root: Path, network: Network, keep: int = 3, max_bytes: int = 100 << 30
+) -> PolicyCache:
     retry = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
     client = CoordinatorClient(live.url, live.token, retry=retry, transport=network)
-    return PolicyCache(root, client, attempts=ATTEMPTS, **options)
+    return PolicyCache(root, client, keep=keep, max_bytes=max_bytes, attempts=ATTEMPTS)
 
 
 def test_a_version_is_downloaded_verified_and_loadable(live: Live, tmp_path: Path) -> None:
