@@ -374,6 +374,9 @@ def build_job(cfg: CodeConfig, source: str) -> dict[str, Any]:
     if cfg.language.run:
         job.update(files={cfg.language.source_file: source}, run=list(cfg.language.run))
         job.update(compile=list(cfg.language.compile), compile_limits=_compile_limits())
+        if memcap.mode() == memcap.CGROUP:  # the cgroup holds the compiler too: room for it
+            total = max(cfg.sandbox_memory_mb, int(_compile_limits()["memory_mb"]))
+            job["limits"] = {**job["limits"], "sandbox_memory_mb": total}
     else:
         job["source"] = source
     return job

@@ -198,9 +198,13 @@ class Sandbox:
         self.nonce = uuid.uuid4().hex
         self._buffer = bytearray()
         self.cgroup: memcap.Cgroup | None = None
-        job, prefix, binds = self._cap_memory(job)
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sandbox
         self.userns = _namespaces.acquire() if layout().as_root else None
+        try:
+            job, prefix, binds = self._cap_memory(job)
+        except BaseException:
+            self._release_userns(reuse=True)  # nothing ran in it
+            raise
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sandbox
         filter_fd = seccomp.filter_fd()
         flags = ["-I", "-B", *(["-S"] if skip_site else [])]
         argv = [*prefix, *bwrap_args(self.userns, filter_fd, binds), layout().python, *flags, RUNNER]

@@ -54,8 +54,7 @@ def host_has_delegated_memory_controller() -> bool:
 def test_the_mode_matches_what_this_host_offers() -> None:
     expected = memcap.CGROUP if host_has_delegated_memory_controller() else memcap.RLIMIT
     assert memcap.mode() == expected
-    if not Path("/sys/fs/cgroup/cgroup.controllers").exists() and not Path("/sys/fs/cgroup/unified").exists():
-        assert memcap.mode() == memcap.RLIMIT
+    assert (memcap.parent() is not None) == (expected == memcap.CGROUP)
 
 
 def test_the_fallback_fits_the_processes_into_the_cap() -> None:
