@@ -97,6 +97,8 @@ def _problems(args: argparse.Namespace) -> int:
     from shared.protocol import ProblemSetCreate
 
     options = json.loads(args.options) if args.options else {}
+    if args.source == "dataset":
+        options = _dataset_options(args, options)
     request = ProblemSetCreate(
         name=args.name,
         source=args.source,
@@ -106,14 +108,29 @@ def _problems(args: argparse.Namespace) -> int:
         options=options,
     )
 
+    read = service.dataset_problems(request, Path(args.file)) if args.source == "dataset" else None
+
     def work(session: Any) -> Any:
         if args.source == "jsonl":
             with Path(args.file).open(encoding="utf-8") as handle:
                 return service.to_out(service.create_set(session, request, handle))
-        return service.to_out(service.create_set(session, request))
+        return service.to_out(service.create_set(session, request, read=read))
 
     print(run_once(work).model_dump_json(indent=2))
     return 0
+
+
+def _dataset_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """The flags of a dataset source over its --options (the flags win)."""
+    if not args.file:
+        raise SystemExit("problems dataset needs --file (a dataset file or save_to_disk folder)")
+    columns = dict(options.get("columns") or {})
+    for field in ("prompt", "answer", "system", "id", "metadata"):
+        column = getattr(args, f"{field}_column")
+        if column:
+            columns[field] = column
+    extra = {"verifier": args.verifier, "format": args.format}
+    return {**options, **{k: v for k, v in extra.items() if v}, "columns": columns}
 
 
 def _campaign(args: argparse.Namespace) -> int:
@@ -199,15 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True)
     token.add_argument("--scope", choices=["operator", "researcher", "volunteer"], default="operator")
     token.set_defaults(func=_create_token)
-    problems = sub.add_parser("problems", help="load a problem set (built-in source or JSONL file)")
-    problems.add_argument("source", choices=["jsonl", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"])
-    problems.add_argument("--name", required=True)
-    problems.add_argument("--file", help="the JSONL file (source jsonl)")
-    problems.add_argument("--split", default="test")
-    problems.add_argument("--limit", type=int)
-    problems.add_argument("--seed", type=int, default=0)
-    problems.add_argument("--options", help="JSON object of source options")
-    problems.set_defaults(func=_problems)
+    _problems_parser(sub)
     _campaign_parser(sub)
     from coordinator.pipeline.cli import add_pipeline_commands
 
@@ -219,6 +228,28 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--status", nargs="+", default=["accepted"])
     export.set_defaults(func=_export)
     return parser
+
+
+def _problems_parser(sub: Any) -> None:
+    problems = sub.add_parser(
+        "problems", help="load a problem set (built-in source, JSONL file or dataset file)"
+    )
+    sources = ["jsonl", "dataset", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    problems.add_argument("source", choices=sources)
+    problems.add_argument("--name", required=True)
+    problems.add_argument(
+        "--file", help="the JSONL file (jsonl), or a parquet/JSON/JSONL/CSV/Arrow file or save_to_disk folder"
+    )
+    problems.add_argument("--split", default="test", help="split of a source, or of a DatasetDict folder")
+    problems.add_argument("--limit", type=int)
+    problems.add_argument("--seed", type=int, default=0)
+    problems.add_argument("--options", help="JSON object of source options")
+    dataset = problems.add_argument_group("dataset source (docs/problems.md)")
+    dataset.add_argument("--verifier", help="math (default), reasoning_gym or code, for every row")
+    dataset.add_argument("--format", help="parquet, json, jsonl, csv or arrow (default: the suffix)")
+    for field in ("prompt", "answer", "system", "id", "metadata"):
+        dataset.add_argument(f"--{field}-column", help=f"the column holding the {field} (default: {field})")
+    problems.set_defaults(func=_problems)
 
 
 def _campaign_parser(sub: Any) -> None:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -45,12 +49,63 @@ async def import_jsonl(request: Request, name: str, _: OperatorDep, rt: RuntimeD
 
 
 def _jsonl_spec(name: str) -> ProblemSetCreate:
-    # The name arrives as a query parameter: the wire model's own rules check it, as for a body.
+    return _spec("query", name=name, source="jsonl")
+
+
+def _spec(where: str, **fields: Any) -> ProblemSetCreate:
+    # Query and form fields are checked by the wire model's own rules, as a body would be.
     try:
-        return ProblemSetCreate(name=name, source="jsonl")
+        return ProblemSetCreate(**fields)
     except ValidationError as exc:
-        details = [{"loc": ["query", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
-        raise ValidationFailed("the problem set's name is invalid", details) from exc
+        details = [{"loc": [where, *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+        raise ValidationFailed("the problem set's fields are invalid", details) from exc
+
+
+Column = Annotated[str | None, Form(description="the column holding this field (default: its own name)")]
+
+
+@router.post(
+    Routes.problem_sets + "/import-dataset", response_model=ProblemSetOut, status_code=201, responses=CREATED
+)
+async def import_dataset(
+    _: OperatorDep,
+    rt: RuntimeDep,
+    file: Annotated[UploadFile, File(description="a parquet, JSON, JSON Lines, CSV or Arrow file")],
+    name: Annotated[str, Form()],
+    verifier: Annotated[str, Form(description="math, reasoning_gym or code, for every row")] = "math",
+    format: Annotated[str | None, Form(description="default: from the file name's suffix")] = None,
+    limit: Annotated[int | None, Form()] = None,
+    prompt_column: Column = None,
+    answer_column: Column = None,
+    system_column: Column = None,
+    id_column: Column = None,
+    metadata_column: Column = None,
+) -> ProblemSetOut:
+    """Import an uploaded dataset file (multipart; docs/problems.md), all rows or none. The body is
+    bounded by max_request_bytes like every request; larger files go through the CLI."""
+    mapping = {"prompt": prompt_column, "answer": answer_column, "system": system_column}
+    mapping |= {"id": id_column, "metadata": metadata_column}
+    options: dict[str, Any] = {"verifier": verifier, "columns": {k: v for k, v in mapping.items() if v}}
+    if format:
+        options["format"] = format
+    spec = _spec("form", name=name, source="dataset", limit=limit, options=options)
+
+    def work() -> ProblemSetOut:
+        with tempfile.TemporaryDirectory(prefix="flywheel-upload-") as folder:
+            path = Path(folder) / _upload_name(file.filename)
+            with path.open("wb") as handle:
+                shutil.copyfileobj(file.file, handle)
+            problems = service.dataset_problems(spec, path)
+        with transaction(rt.sessions) as session:
+            return service.to_out(service.create_set(session, spec, read=problems))
+
+    return await run_in_threadpool(work)
+
+
+def _upload_name(filename: str | None) -> str:
+    """The upload's name on disk: only its suffix is kept (it tells the format), never a path."""
+    suffix = Path(filename or "").suffix.lower()
+    return "upload" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,16}", suffix) else "")
 
 
 @router.get(Routes.problem_sets, response_model=list[ProblemSetOut])

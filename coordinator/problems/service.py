@@ -1,11 +1,12 @@
-"""Problem sets: JSONL import and built-in sources."""
+"""Problem sets: JSONL and dataset-file import, and built-in sources."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Session
 from coordinator.errors import BadRequest, Conflict, FlywheelError, NotFound, ValidationFailed
 from coordinator.problems import repository
 from coordinator.problems.models import ProblemSet
-from coordinator.problems.sources import builtin
+from coordinator.problems.sources import builtin, local_dataset
 from shared.protocol import ProblemIn, ProblemSetCreate, ProblemSetOut, VerifierSpec
 
 MAX_LINE_ERRORS = 20
+T = TypeVar("T")
 
 
 def verifier_spec(problem: ProblemIn) -> VerifierSpec:
@@ -86,38 +88,75 @@ def _row(set_id: uuid.UUID, problem: ProblemIn) -> dict[str, Any]:
     }
 
 
-def parse_jsonl(lines: Iterable[str | bytes]) -> Iterator[ProblemIn]:
-    """Validate every line; collect errors so one upload reports all its bad lines at once."""
+def collect(
+    items: Iterable[tuple[int, T]], build: Callable[[int, T], ProblemIn], unit: str, what: str
+) -> Iterator[ProblemIn]:
+    """Build and check every problem; collect errors so one import reports all its bad `unit`s
+    (lines, rows) at once, numbered as the caller numbers them."""
     errors: list[dict[str, Any]] = []
     parsed: list[ProblemIn] = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        if not line.strip():
-            continue
+    for number, item in items:
         try:
-            problem = ProblemIn.model_validate(json.loads(line))
+            problem = build(number, item)
             check_problem(problem)
         except (json.JSONDecodeError, ValidationError) as exc:
-            errors.append({"line": number, "error": str(exc).splitlines()[0][:300]})
+            errors.append({unit: number, "error": _reason(exc)[:300]})
         except FlywheelError as exc:
-            errors.append({"line": number, "error": exc.message[:300]})
+            errors.append({unit: number, "error": exc.message[:300]})
         else:
             parsed.append(problem)
         if len(errors) >= MAX_LINE_ERRORS:
             break
     if errors:
-        first = f"line {errors[0]['line']}: {errors[0]['error']}"
-        raise ValidationFailed(f"the problem file has invalid lines; nothing was imported ({first})", errors)
+        first = f"{unit} {errors[0][unit]}: {errors[0]['error']}"
+        raise ValidationFailed(f"{what} has invalid {unit}s; nothing was imported ({first})", errors)
     if not parsed:
-        raise ValidationFailed("the problem file holds no problems")
+        raise ValidationFailed(f"{what} holds no problems")
     return iter(parsed)
 
 
-def _source_rows(request: ProblemSetCreate, lines: Iterable[str | bytes] | None) -> Iterator[ProblemIn]:
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {error['msg']}" if where else str(error["msg"])
+    return str(exc).splitlines()[0]
+
+
+def parse_jsonl(lines: Iterable[str | bytes]) -> Iterator[ProblemIn]:
+    """Validate every non-blank line (numbered from 1); all of them or none."""
+    texts = (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw for raw in lines)
+    numbered = ((number, line) for number, line in enumerate(texts, start=1) if line.strip())
+    return collect(numbered, _jsonl_problem, "line", "the problem file")
+
+
+def _jsonl_problem(_: int, line: str) -> ProblemIn:
+    return ProblemIn.model_validate(json.loads(line))
+
+
+def dataset_problems(request: ProblemSetCreate, data_file: Path) -> list[ProblemIn]:
+    """A dataset source's file read and checked whole, before any transaction: reading takes
+    seconds (importing `datasets`, preparing the file), and no write lock should wait on it."""
+    options = local_dataset.DatasetOptions.parse(request.options)
+    dataset = local_dataset.load(data_file, options.format, request.split)
+    reader = local_dataset.RowReader(options, list(dataset.column_names))
+    return list(collect(local_dataset.rows(dataset, request.limit), reader.problem, "row", "the dataset"))
+
+
+def _source_rows(
+    request: ProblemSetCreate, lines: Iterable[str | bytes] | None, read: Sequence[ProblemIn] | None
+) -> Iterator[ProblemIn]:
     if request.source == "jsonl":
         if lines is None:
             raise BadRequest("a jsonl problem set needs a file")
         return parse_jsonl(lines)
+    if request.source == "dataset":
+        if read is None:
+            raise BadRequest(
+                "a dataset problem set is read from a file: upload it to "
+                "POST /v1/problem-sets/import-dataset, or use `flywheel coordinator problems dataset`"
+            )
+        return iter(read)
     if request.source == "gsm8k":
         return builtin.gsm8k(request.split, request.limit)
     if request.source == "arithmetic":
@@ -128,12 +167,16 @@ def _source_rows(request: ProblemSetCreate, lines: Iterable[str | bytes] | None)
 
 
 def create_set(
-    session: Session, request: ProblemSetCreate, lines: Iterable[str | bytes] | None = None
+    session: Session,
+    request: ProblemSetCreate,
+    lines: Iterable[str | bytes] | None = None,
+    read: Sequence[ProblemIn] | None = None,
 ) -> ProblemSet:
-    """Import a whole problem set in one transaction: it appears complete or not at all."""
+    """Import a whole problem set in one transaction: it appears complete or not at all.
+    `lines` are a jsonl source's file; `read`, a dataset source's problems (`dataset_problems`)."""
     if repository.set_by_name(session, request.name) is not None:
         raise Conflict(f"a problem set named {request.name!r} exists")
-    problems = _source_rows(request, lines)
+    problems = _source_rows(request, lines, read)
     problem_set = repository.add_set(session, ProblemSet(name=request.name, source=request.source))
     seen: set[str] = set()
 
