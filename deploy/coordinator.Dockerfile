@@ -19,6 +19,7 @@ RUN case ",$EXTRAS," in *,worker,*|*,train,*) pip install --index-url "$TORCH_IN
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
+COPY ml ./ml
 COPY coordinator ./coordinator
 COPY verifier ./verifier
 COPY worker ./worker

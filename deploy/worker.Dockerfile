@@ -24,6 +24,7 @@ RUN pip install "vllm>=0.10.2"
 COPY pyproject.toml README.md /src/
 COPY flywheel /src/flywheel
 COPY shared /src/shared
+COPY ml /src/ml
 COPY worker /src/worker
 RUN pip install "/src[vllm]" && rm -rf /src
 
