@@ -138,9 +138,10 @@ def dataset_problems(request: ProblemSetCreate, data_file: Path) -> list[Problem
     """A dataset source's file read and checked whole, before any transaction: reading takes
     seconds (importing `datasets`, preparing the file), and no write lock should wait on it."""
     options = local_dataset.DatasetOptions.parse(request.options)
-    dataset = local_dataset.load(data_file, options.format, request.split)
-    reader = local_dataset.RowReader(options, list(dataset.column_names))
-    return list(collect(local_dataset.rows(dataset, request.limit), reader.problem, "row", "the dataset"))
+    with local_dataset.opened(data_file, options.format, request.split) as dataset:
+        reader = local_dataset.RowReader(options, list(dataset.column_names))
+        rows = local_dataset.rows(dataset, request.limit)
+        return list(collect(rows, reader.problem, "row", "the dataset"))
 
 
 def _source_rows(

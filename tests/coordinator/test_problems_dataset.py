@@ -271,7 +271,7 @@ def test_a_coordinator_without_datasets_says_what_to_install(tmp_path: Path) -> 
     code = (
         "import sys; sys.modules['datasets'] = None;"  # what an install without the package sees
         "from pathlib import Path; from coordinator.problems.sources import local_dataset as ld\n"
-        f"try: ld.load(Path({str(path)!r}), None, 'test')\n"
+        f"try: ld.opened(Path({str(path)!r}), None, 'test').__enter__()\n"
         "except ld.DatasetsMissing as exc: print(exc.status_code, exc.message)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

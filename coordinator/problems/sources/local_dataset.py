@@ -12,6 +12,7 @@ import itertools
 import json
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,34 +87,32 @@ class DatasetsMissing(FlywheelError):
     code = "not_supported"
 
 
-def load(path: Path, fmt: Format | None, split: str) -> Any:
-    """The file (or `save_to_disk` folder) as a `datasets.Dataset`, held in memory."""
+@contextmanager
+def opened(path: Path, fmt: Format | None, split: str) -> Iterator[Any]:
+    """The file (or `save_to_disk` folder) as a `datasets.Dataset`, memory-mapped from a private
+    cache that is removed on leaving (nothing is kept behind, and a large file is not held in
+    memory whole)."""
     try:
         import datasets
     except ImportError as exc:
         message = "reading dataset files needs the `datasets` package: pip install 'openflywheel[train]'"
         raise DatasetsMissing(message) from exc
-
     if path.is_dir():
-        return _from_disk(datasets, path, split)
+        yield _from_disk(datasets, path, split)
+        return
     fmt = fmt or SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         known = ", ".join(SUFFIXES)
         raise BadRequest(f"cannot tell the format of {path.name!r}: name it {known}, or give the format")
-    # `datasets` prepares a cache of the file; a private one, removed at once, keeps nothing behind.
     with tempfile.TemporaryDirectory(prefix="flywheel-dataset-") as cache:
         try:
             extra = _csv_options(datasets, path) if fmt == "csv" else {}
-            return datasets.load_dataset(
-                BUILDERS[fmt],
-                data_files=str(path),
-                split="train",
-                cache_dir=cache,
-                keep_in_memory=True,
-                **extra,
+            dataset = datasets.load_dataset(
+                BUILDERS[fmt], data_files=str(path), split="train", cache_dir=cache, **extra
             )
         except Exception as exc:  # the builders raise assorted errors for a malformed file
             raise BadRequest(f"the file cannot be read as {fmt}: {_reason(exc)}") from exc
+        yield dataset
 
 
 def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
 
 def _from_disk(datasets: Any, path: Path, split: str) -> Any:
     try:
-        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+        loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # not a save_to_disk folder, or a damaged one
         raise BadRequest(f"{path.name!r} is not a dataset folder: {_reason(exc)}") from exc
     if not isinstance(loaded, datasets.DatasetDict):
