@@ -57,7 +57,7 @@ class Runner:
         # each child, tells which test the kernel killed for the sandbox's memory cap.
         self.events: str | None = job.get("memory_events")
         self.oom_seen = _oom_kills(self.events)
-        self.delay_s = 0.0  # run-delay of every child so far: time the host kept them waiting
+        self.delay_s = 0.0  # the host's share of every child's run-delay so far (see _cleanup)
 
     def emit(self, frame: dict[str, Any]) -> None:
         data = (_json({"nonce": self.nonce, **frame}) + "\n").encode()
@@ -136,11 +136,11 @@ class Runner:
     def _cleanup(self, pid: int) -> None:
         """Kill the child and everything it started, reap it, and empty /tmp.
 
-        Before the kill, the child's run-delay (/proc/<pid>/schedstat: time it was runnable but
-        not running, i.e. waiting for a CPU that others got) and the CPU time of every process
-        the program has: its own processes competing for CPUs are not the host's doing."""
-        self.last_delay = _run_delay(pid)
-        self.delay_s += self.last_delay
+        Before the kill, the child's CPU time and run-delay (/proc/<pid>/schedstat: time it was
+        runnable but not running, waiting for a CPU that others got) and the CPU time of every
+        process of the program. The host's share of the delay is what the program's other
+        processes and threads, running meanwhile, do not explain (a fork bomb delays itself)."""
+        own_cpu, delay = _schedstat(pid)
         tree_cpu = _program_cpu(pid, self.pidns)
         if self.pidns:
             # In our own pid namespace, -1 means every process but the namespace init and us.
@@ -151,6 +151,8 @@ class Runner:
         _, status, usage = os.wait4(pid, 0)
         self.last_status = status
         self.last_cpu = max(tree_cpu, usage.ru_utime + usage.ru_stime)
+        self.last_delay = max(0.0, delay - max(0.0, self.last_cpu - own_cpu))
+        self.delay_s += self.last_delay
         seen, self.oom_seen = self.oom_seen, _oom_kills(self.events)
         self.last_oom = self.oom_seen > seen
         if self.scratch:
@@ -173,14 +175,14 @@ class Runner:
         # The first compile() in a process builds the AST node types (about 1.3 ms); doing it
         # once here, on a constant, means no forked child pays for it again.
         compile("pass", "<warm-up>", "exec")
-        begun, own_delay = time.monotonic(), _run_delay(0)
+        begun, own_delay = time.monotonic(), _schedstat(0)[1]
         stop_at = begun + float(self.job.get("budget_s", 3600.0))
         done: dict[str, Any] = {"done": True}
         for index, test in enumerate(self.job["tests"]):
             if time.monotonic() > stop_at:
                 # The submission's time budget is spent: the remaining tests count as failed. The
                 # host tells from the time it lost to others whether the program or the host spent it.
-                delay = self.delay_s + _run_delay(0) - own_delay
+                delay = self.delay_s + _schedstat(0)[1] - own_delay
                 done.update(budget_spent=True, elapsed_s=time.monotonic() - begun, delay_s=delay)
                 break
             body, stdin = self._test_body(test)
@@ -423,13 +425,15 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _run_delay(pid: int) -> float:
-    """Seconds `pid` (0: this process) has spent runnable but waiting for a CPU; 0.0 if unknown."""
+def _schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the main thread of `pid` (0: this process) has run and has spent runnable but
+    waiting for a CPU; zeros if unknown."""
     try:
         with open(f"/proc/{pid or 'self'}/schedstat") as handle:
-            return int(handle.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+            ran, waited = handle.read().split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def _program_cpu(pid: int, pidns: bool) -> float:
