@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from verifier.code import CodeConfig
 from .conftest import code_spec, python_answer
 
 TESTS = [{"stdin": "", "stdout": "ok\n"}]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def forking(children: int, mib: int) -> str:
@@ -97,3 +101,47 @@ def test_one_process_may_still_use_its_own_limit(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FLYWHEEL_SANDBOX_MEMORY_MB", "1024")
     verdict = verify(code_spec(TESTS), python_answer("block = b'x' * (400 << 20)\nprint('ok')"))
     assert verdict.passed, verdict
+
+
+COUNT_FORKS = (
+    "import os, time\n"
+    "made = 0\n"
+    "try:\n"
+    "    while made < 20:\n"
+    "        if os.fork() == 0:\n"
+    "            time.sleep(2)\n"
+    "            os._exit(0)\n"
+    "        made += 1\n"
+    "except OSError:\n"
+    "    pass\n"
+    "print(made)\n"
+)
+COUNT_SCRIPT = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from verifier import sandbox\n"
+    "limits = {'cpu_s': 2, 'wall_s': 5, 'memory_mb': 256, 'nproc': 16, 'sandbox_memory_mb': 1024}\n"
+    "job = {'mode': 'tests', 'style': 'stdio', 'source': sys.argv[2], 'limits': limits}\n"
+    "job['tests'] = [{'stdin': ''}]\n"
+    "frames, err = sandbox.run_once(job, 30)\n"
+    "print(next(f['stdout'] for f in frames if f.get('i') == 0).strip())\n"
+)
+
+
+@pytest.mark.skipif(
+    memcap.mode() != memcap.RLIMIT, reason="the process count is lowered only in the fallback"
+)
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_the_fallback_counts_the_sandboxes_own_processes(unprivileged: bool, tmp_path: Path) -> None:
+    """1 GiB over 256 MiB per process: four program processes, so three forks, as root (the runner
+    counts) and as another user (bwrap's init counts too)."""
+    if unprivileged and (os.geteuid() != 0 or not os.path.exists("/usr/bin/python3")):
+        pytest.skip("needs root to switch to uid 1000 and the system interpreter")
+    where = tmp_path / "copy"
+    shutil.copytree(ROOT / "verifier", where / "verifier", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (tmp_path, where, *where.rglob("*")):
+        path.chmod(0o755)
+    switch = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", "/usr/bin/python3"]
+    argv = [*(switch if unprivileged else [sys.executable]), "-c", COUNT_SCRIPT, str(where), COUNT_FORKS]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "3"
