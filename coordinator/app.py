@@ -79,20 +79,22 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         413: "the body is over max_request_bytes",
         422: "the request is malformed",
         426: "the client speaks another protocol version",
-        429: "over the rate limit; see Retry-After",
+        429: "over the rate limit (or, for leases, the verification budget); see Retry-After",
     }.items()
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.FlywheelError)
     async def flywheel_error(_: Request, exc: errors.FlywheelError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

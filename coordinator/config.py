@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         ge=0,
         description="unverifiable traces a worker may store; beyond it each is refused (its job returned)",
     )
+    verify_budget_s_per_hour: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "verification seconds a volunteer's traces may cost per hour; beyond it the volunteer's"
+            " leases are refused with 429 until its hour is over; 0: no budget"
+        ),
+    )
     lease_max_lifetime_s: float = Field(
         default=4 * 3600.0,
         gt=0,

@@ -13,6 +13,7 @@ class FlywheelError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers: dict[str, str] = {}  # sent with the error response
 
 
 class BadRequest(FlywheelError):
@@ -58,3 +59,7 @@ class ProtocolMismatch(FlywheelError):
 class RateLimited(FlywheelError):
     status_code = 429
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, {"retry_after_s": retry_after_s})
+        self.headers = {"Retry-After": str(retry_after_s)}

@@ -15,7 +15,7 @@ from coordinator.results import repository
 from coordinator.results.models import ACCEPTED, PENDING, REJECTED, Trace
 from coordinator.trust import service as trust
 from coordinator.workers import repository as workers_repository
-from coordinator.workers.service import Principal, credit_submissions, seen
+from coordinator.workers.service import Principal, charge_verification, credit_submissions, seen
 from shared.protocol import (
     Ack,
     AckStatus,
@@ -214,11 +214,15 @@ def load_for_verification(session: Session, trace_id: uuid.UUID) -> tuple[Verifi
     return VerifierSpec.model_validate(problem.verifier_spec), trace.text
 
 
-def record_verdict(session: Session, trace_id: uuid.UUID, verdict: Verdict, lock: bool) -> Trace | None:
-    """Store the verdict once; a second run of the same task finds the trace decided and stops."""
+def record_verdict(
+    session: Session, trace_id: uuid.UUID, verdict: Verdict, lock: bool, seconds: float = 0.0
+) -> Trace | None:
+    """Store the verdict once; a second run of the same task finds the trace decided and stops.
+    `seconds`: what verifying it cost, charged to its worker's verification budget."""
     trace = repository.get_for_update(session, trace_id, lock=lock)
     if trace is None or trace.status != PENDING:
         return None
+    charge_verification(session, trace.worker_id, seconds, lock)
     trace.status = ACCEPTED if verdict.passed else REJECTED
     trace.score = verdict.score
     trace.verdict = verdict.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -38,11 +39,13 @@ def verify_trace(trace_id: str) -> None:
         loaded = service.load_for_verification(session, tid)
     if loaded is None:
         return
+    started = time.monotonic()
     verdict = _verdict(runtime, tid, *loaded)
     if verdict is None:
         return  # indeterminate: still pending, so the sweeper enqueues it again later
+    cost = time.monotonic() - started  # charged to the worker's verification budget
     with transaction(runtime.sessions) as session:
-        service.record_verdict(session, tid, verdict, lock=not runtime.settings.is_sqlite)
+        service.record_verdict(session, tid, verdict, lock=not runtime.settings.is_sqlite, seconds=cost)
     trust_tasks.after_verdict(runtime, tid)  # the spot-check decision (docs/trust.md)
 
 

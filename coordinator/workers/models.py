@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, String
+from sqlalchemy import Boolean, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
@@ -29,5 +29,9 @@ class Worker(Base):
     # Traces of this worker that came back usable (validation passed or skipped) since its last
     # failed validation: what its in-flight limit grows with (workers.service.in_flight_limit).
     lease_credit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Verification seconds its traces cost in the hour that began at verify_window_at: leases are
+    # refused while it is over the hourly budget (workers.service.check_verification_budget).
+    verify_spent_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    verify_window_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -53,6 +53,22 @@ def set_lease_credit(session: Session, worker_id: uuid.UUID, add: int | None) ->
     session.execute(update(WORKERS).where(w.id == worker_id).values(lease_credit=value))
 
 
+def verification_window(
+    session: Session, worker_id: uuid.UUID, lock: bool = False
+) -> tuple[float, datetime | None]:
+    """(seconds spent, start of the hour they were spent in) of the worker's verification."""
+    w = WORKERS.c
+    query = select(w.verify_spent_s, w.verify_window_at).where(w.id == worker_id)
+    row = session.execute(query.with_for_update() if lock else query).first()
+    return (0.0, None) if row is None else (float(row[0]), row[1])
+
+
+def set_verification_window(session: Session, worker_id: uuid.UUID, spent: float, start: datetime) -> None:
+    w = WORKERS.c
+    values = {"verify_spent_s": spent, "verify_window_at": start}
+    session.execute(update(WORKERS).where(w.id == worker_id).values(values))
+
+
 def add_counts(
     session: Session,
     worker_id: uuid.UUID,

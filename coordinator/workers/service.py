@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -11,12 +12,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
 from coordinator.config import Settings
 from coordinator.db import utcnow
-from coordinator.errors import Forbidden, NotFound, Unauthorized
+from coordinator.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.jobs import repository as jobs_repository
 from coordinator.workers import repository
 from coordinator.workers.models import Worker
@@ -215,6 +217,39 @@ def credit_usable(session: Session, worker_id: uuid.UUID) -> None:
 def clear_credit(session: Session, worker_id: uuid.UUID) -> None:
     """A failed validation: the worker starts again from the initial in-flight limit."""
     repository.set_lease_credit(session, worker_id, None)
+
+
+HOUR = timedelta(hours=1)
+
+
+def charge_verification(session: Session, worker_id: uuid.UUID, seconds: float, lock: bool) -> None:
+    """Count what verifying one of the worker's traces cost, in the hour it falls in."""
+    if seconds <= 0:
+        return
+    now = utcnow()
+    spent, start = repository.verification_window(session, worker_id, lock)
+    if start is None or now - start >= HOUR:
+        spent, start = 0.0, now
+    repository.set_verification_window(session, worker_id, spent + seconds, start)
+
+
+def check_verification_budget(session: Session, principal: Principal, settings: Settings) -> None:
+    """A volunteer whose traces cost more verification time this hour than the budget gets no new
+    jobs until its hour is over (a code trace can take a minute of sandbox time): what it holds
+    is still taken, so no work is lost."""
+    budget = settings.verify_budget_s_per_hour
+    if budget <= 0 or principal.scope != Scope.volunteer:
+        return
+    spent, start = repository.verification_window(session, principal.worker_id)
+    now = utcnow()
+    if start is None or now - start >= HOUR or spent <= budget:
+        return
+    retry = max(1, math.ceil((start + HOUR - now).total_seconds()))
+    message = (
+        f"this worker's traces cost {spent:.0f} s of verification this hour, over the budget of"
+        f" {budget:.0f} s; new jobs in {retry} s"
+    )
+    raise RateLimited(message, retry)
 
 
 def list_workers(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Worker]:
