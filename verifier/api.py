@@ -4,7 +4,8 @@
 happens in sandboxes and sandboxed service pools (one pool per process), never in the caller.
 It never raises on bad input: a malformed spec, a hostile answer or a verifier bug gives a zero
 verdict with a reason. It raises `VerifierError` only when this machine cannot verify at all
-(bubblewrap missing, a scoring service that will not start): retry later, store nothing.
+(bubblewrap missing, a scoring service that will not start) or cannot verify now (`HostStalledError`:
+a code trace's limit tripped while the host kept it off the CPU): retry later, store nothing.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.protocol import Verdict, VerifierSpec
 from verifier import memcap, sandbox, values
-from verifier.errors import SandboxUnavailableError, SpecError, VerifierError
+from verifier.errors import HostStalledError, SandboxUnavailableError, SpecError
 
 MAX_SOURCE_CHARS = 64_000
 MAX_TESTS = 1_000
@@ -42,17 +42,6 @@ STDIO_TEST_KEYS, STDIO_REQUIRED = frozenset({"stdin", "stdout"}), frozenset({"st
 CALL_TEST_KEYS, CALL_REQUIRED = frozenset({"args", "kwargs", "expected"}), frozenset({"args", "expected"})
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 _THINK_END = "</think>"
-
-
-class HostStalledError(VerifierError):
-    """The verdict is indeterminate: a limit tripped because the host kept the sandbox off the CPU,
-    not because of the program. Retry later; `verdict` is what this attempt measured, for a caller
-    that has retried enough and stores it anyway."""
-
-    def __init__(self, reason: str, verdict: Verdict) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.verdict = verdict
 
 
 @dataclass(frozen=True)

@@ -259,12 +259,27 @@ def _scorers(runner: Runner) -> Callable[[str, str], selection.ScoredModel]:
     return scorer
 
 
+REVERIFY_ATTEMPTS = 3  # tries a refined trace gets while the host stalls its code sandbox
+
+
 def _reverify(specs: dict[tuple[str, str], dict[str, Any]], record: dict[str, Any], text: str) -> bool:
+    """Whether the text still passes its problem's verifier. A stalled host is retried; after the
+    last try, what it measured (a failure) stands, so nothing unverified enters a dataset."""
     from shared.protocol import VerifierSpec
     from verifier.api import verify
+    from verifier.errors import HostStalledError
 
     spec = specs.get((str(record["campaign_id"]), str(record["problem_id"])))
-    return spec is not None and verify(VerifierSpec.model_validate(spec), text).passed
+    if spec is None:
+        return False
+    for attempt in range(REVERIFY_ATTEMPTS):
+        try:
+            return verify(VerifierSpec.model_validate(spec), text).passed
+        except HostStalledError as stalled:
+            log.warning("re-verification stalled (attempt %d): %s", attempt + 1, stalled.reason)
+            if attempt == REVERIFY_ATTEMPTS - 1:
+                return stalled.verdict.passed
+    return False
 
 
 DATASET_FIELDS = (

@@ -225,7 +225,11 @@ def record_verdict(
     charge_verification(session, trace.worker_id, seconds, lock)
     trace.status = ACCEPTED if verdict.passed else REJECTED
     trace.score = verdict.score
-    trace.verdict = verdict.model_dump(mode="json")
+    stalls = (trace.verdict or {}).get("stalls")  # attempts a stalled host left no verdict from
+    stored = verdict.model_dump(mode="json")
+    if stalls and "stalls" not in stored["details"]:
+        stored["details"]["stalls"] = stalls
+    trace.verdict = stored
     trace.verified_at = utcnow()
     jobs_repository.set_status(session, [trace.job_id], DONE)
     if verdict.passed:

@@ -19,7 +19,7 @@ from coordinator.trust import tasks as trust_tasks
 from shared.protocol import Verdict, VerifierSpec
 
 if TYPE_CHECKING:
-    from verifier.code import HostStalledError
+    from verifier.errors import HostStalledError
 
 log = logging.getLogger(__name__)
 VERIFY_TASK = "coordinator.results.tasks.verify_traces"
@@ -52,7 +52,7 @@ def verify_trace(trace_id: str) -> None:
 def _verdict(runtime: Runtime, tid: uuid.UUID, spec: VerifierSpec, text: str) -> Verdict | None:
     """The verifier's verdict, or None where the host stalled and the trace waits for a retry."""
     from verifier.api import verify
-    from verifier.code import HostStalledError
+    from verifier.errors import HostStalledError
 
     try:
         # The verifier runs outside any transaction: it may take seconds and holds no locks.

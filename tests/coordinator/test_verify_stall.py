@@ -79,6 +79,7 @@ def test_a_stalled_verification_stays_pending_and_passes_when_retried(api: Api) 
     api.drain()
     verified = _trace(api)
     assert verified.status == "accepted" and verified.score == 1.0
+    assert verified.verdict is not None and len(verified.verdict["details"]["stalls"]) == 1  # kept
 
 
 def test_after_the_last_stalled_attempt_the_measured_verdict_is_stored(api: Api) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.contention import contended
 from verifier.api import verify
-from verifier.code import HostStalledError
+from verifier.errors import HostStalledError
 
 from .conftest import code_spec, python_answer
 
