@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-class DeviceUnavailable(RuntimeError):
-    """The device asked for is not there (CUDA asked for where torch sees none)."""
+from ml.errors import DeviceUnavailable
 
 
 def pick_device(device: str) -> str:

@@ -14,16 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ml.devices import cap_gpu_memory, pick_dtype
+from ml.errors import WeightsMisfit
 from shared.assets import SERVING_FILES, ModelSource
-
-
-class WeightsMisfit(ValueError):
-    """A weights file whose tensors are not this model's (another architecture or size)."""
-
-    def __init__(self, missing: list[str], unexpected: list[str]) -> None:
-        super().__init__(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.missing = missing
-        self.unexpected = unexpected
 
 
 def load_tokenizer(source: ModelSource) -> Any:

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-class NoChatTemplate(ValueError):
-    """The tokenizer cannot render chat messages."""
+from ml.errors import NoChatTemplate
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:

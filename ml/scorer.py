@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ml import prompts
-from ml.devices import DeviceUnavailable, pick_device
+from ml.devices import pick_device
+from ml.errors import DeviceUnavailable, ModelUnavailable
 from ml.loading import load_model, load_tokenizer, stop_token_ids
 from shared.assets import ModelSource, resolve_model
 from shared.budget import BudgetTokens
 from shared.protocol import BudgetForcing, ChatMessage
 
 MAX_PREFILL_TOKENS = 16_384  # tokens (rows x padded length) in one validation forward pass
-
-
-class ModelUnavailable(Exception):
-    """The validation process cannot load the claimed model (missing, no memory, bad revision)."""
 
 
 @dataclass

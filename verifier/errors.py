@@ -1,6 +1,6 @@
 """The verifier's errors, all under one base class:
 
-    VerifierError (503)
+    VerifierError (status_code 503)
     ├── SandboxUnavailableError   bubblewrap missing, namespaces refused
     ├── ServiceError              a sandboxed scoring service will not start or stay up
     ├── HostStalledError          a limit tripped while the host kept the program off the CPU
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 
 class VerifierError(Exception):
-    """Base of every error the verifier raises; `http_status` for callers that map it to HTTP."""
+    """Base of every error the verifier raises; `status_code` for callers that map it to HTTP."""
 
-    http_status = 503
+    status_code = 503
 
 
 class SandboxUnavailableError(VerifierError):
@@ -48,4 +48,4 @@ class HostStalledError(VerifierError):
 class SpecError(VerifierError):
     """A problem's verifier spec is malformed (raised by spec builders, never by `verify`)."""
 
-    http_status = 422
+    status_code = 422

@@ -192,7 +192,7 @@ def _check_coordinator(config: WorkerConfig, client: Any) -> None:
         raise AuthError(
             f"the coordinator at {config.coordinator} refused the token ({exc.message}); "
             f"check --token / {ENV_PREFIX}TOKEN, or get a new one with `flywheel worker register`",
-            status=exc.status,
+            status_code=exc.status_code,
         ) from exc
     log.info("coordinator %s: server %s, protocol v%d", config.coordinator, info.version, PROTOCOL_VERSION)
 

@@ -131,7 +131,7 @@ def error_from_response(response: httpx.Response, body: bytes) -> CoordinatorErr
         kind = TransientError
     else:
         kind = RejectedError
-    return kind(text, status=status, code=code, details=details)
+    return kind(text, status_code=status, code=code, details=details)
 
 
 class CoordinatorClient:
@@ -207,7 +207,7 @@ class CoordinatorClient:
         try:
             return self._call("POST", Routes.release, request, ReleaseResponse)
         except RejectedError as exc:
-            if exc.status in (404, 405):
+            if exc.status_code in (404, 405):
                 return None
             raise
 
@@ -249,7 +249,7 @@ class CoordinatorClient:
             return out.model_validate_json(content)
         except ValidationError as exc:
             raise RejectedError(
-                f"{method} {path}: unexpected response body: {exc.errors()[:3]}", status=status
+                f"{method} {path}: unexpected response body: {exc.errors()[:3]}", status_code=status
             ) from exc
 
     def _exchange(self, method: str, path: str, content: bytes | None) -> tuple[httpx.Response, bytes]:
@@ -266,7 +266,7 @@ class CoordinatorClient:
         if cut and response.is_success:
             raise ResponseTooLarge(
                 f"{method} {path}: the answer is larger than {RESPONSE_LIMIT} bytes; not read",
-                status=response.status_code,
+                status_code=response.status_code,
             )
         return response, body
 
@@ -295,4 +295,4 @@ class CoordinatorClient:
             delay = min(max(delay, retry_after), self.retry.max_delay_s)
         log.info("%s; retrying in %.1fs (attempt %d/%d)", error, delay, attempt + 2, self.retry.attempts)
         if self.stop.wait(delay):
-            raise TransientError(f"gave up retrying (shutting down): {error}", status=error.status)
+            raise TransientError(f"gave up retrying (shutting down): {error}", status_code=error.status_code)

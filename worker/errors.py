@@ -8,14 +8,14 @@ from typing import Any
 class WorkerError(Exception):
     """Base of every error the worker raises on purpose."""
 
-    status: int | None = None
+    status_code: int | None = None  # the HTTP status, where one came with the error
     code: str = "worker_error"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        if status is not None:
-            self.status = status
+        if status_code is not None:
+            self.status_code = status_code
         if code is not None:
             self.code = code
 
@@ -53,11 +53,11 @@ class CoordinatorError(WorkerError):
         self,
         message: str,
         *,
-        status: int | None = None,
+        status_code: int | None = None,
         code: str | None = None,
         details: Any = None,
     ) -> None:
-        super().__init__(message, status=status, code=code)
+        super().__init__(message, status_code=status_code, code=code)
         self.details = details
 
 

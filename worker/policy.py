@@ -206,7 +206,7 @@ class PolicyCache:
                 log.info("download of %s interrupted (%s); resuming", weights.sha256[:12], problem)
                 continue
             except RejectedError as exc:
-                if exc.status != RANGE_NOT_SATISFIABLE:
+                if exc.status_code != RANGE_NOT_SATISFIABLE:
                     raise PolicyError(f"cannot download {weights.sha256}: {exc.message}") from exc
                 partial.unlink(missing_ok=True)  # what we have is no prefix of the file
                 problem = exc.message

@@ -62,7 +62,9 @@ class PolicyWatcher(Background):
             offered = self.client.policies(self.base).policies
         except RejectedError as exc:
             # 404: a coordinator without the route; only --model is served then.
-            log.log(logging.DEBUG if exc.status == 404 else logging.WARNING, "no policy versions: %s", exc)
+            log.log(
+                logging.DEBUG if exc.status_code == 404 else logging.WARNING, "no policy versions: %s", exc
+            )
             return
         except WorkerError as exc:
             log.warning("cannot list policy versions: %s", exc)

@@ -235,7 +235,7 @@ class Submitter:
         except TransientError as exc:
             return self._failed(batch, exc)
         except RejectedError as exc:
-            if exc.status in CONTENT_REFUSALS:
+            if exc.status_code in CONTENT_REFUSALS:
                 return self._bisect(batch, exc)
             log.warning("submit refused (%s); %d result(s) stay in the spool", exc, len(batch))
             return Outcome.unavailable
@@ -264,7 +264,7 @@ class Submitter:
 
     def _failed(self, batch: list[TraceSubmission], exc: TransientError) -> Outcome:
         log.warning("submit failed, %d result(s) stay in the spool: %s", len(batch), exc)
-        if exc.status is None or exc.status < 500:  # network or 429: says nothing about the content
+        if exc.status_code is None or exc.status_code < 500:  # network or 429: says nothing about the content
             return Outcome.unavailable
         now = time.monotonic()
         for result in batch:

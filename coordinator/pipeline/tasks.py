@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from coordinator.db import transaction
+from coordinator.errors import FlywheelError
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact, PipelineJob
 from coordinator.pipeline.ops import evaluate, selection
@@ -38,8 +39,12 @@ RUN_TASK = "coordinator.pipeline.tasks.run_job"
 T = TypeVar("T")
 
 
-class JobLost(Exception):
-    """The job was cancelled or handed to another runner while this one worked."""
+class JobLost(FlywheelError):
+    """The job was cancelled or handed to another runner while this one worked (the runner stops;
+    never an HTTP answer, but a conflict if it were one)."""
+
+    status_code = 409
+    code = "job_lost"
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Runner:
         """Record progress (at most once a second unless forced); raises JobLost if the job is gone.
         Never call it inside `session()`: SQLite allows one writer, and that would be two."""
         if self._lost.is_set():
-            raise JobLost()
+            raise JobLost(f"pipeline job {self.job_id} was cancelled or taken over")
         now = time.monotonic()
         if not force and now - self._last < 1.0:
             return
@@ -95,7 +100,7 @@ class Runner:
         with self.session() as session:
             if not service.touch(session, self.job_id, self.token, **values):
                 self._lost.set()
-                raise JobLost()
+                raise JobLost(f"pipeline job {self.job_id} was cancelled or taken over")
 
     @contextlib.contextmanager
     def keepalive(self) -> Iterator[None]:

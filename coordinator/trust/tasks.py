@@ -24,7 +24,8 @@ from coordinator.runtime import Runtime, get_runtime
 from coordinator.trust import repository, service
 from coordinator.trust.validator import Submitted, validate
 from ml import scorer as scorers
-from ml.scorer import ModelUnavailable, Scorer
+from ml.errors import ModelUnavailable
+from ml.scorer import Scorer
 from shared.protocol import ARTIFACT_MODEL_PREFIX
 from shared.trust_types import Outcome
 

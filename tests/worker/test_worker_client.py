@@ -86,7 +86,7 @@ def test_gives_up_after_the_last_attempt(coordinator: FakeCoordinator) -> None:
     coordinator.fail_next(LEASE, *[error_reply(500, "boom", "kaput")] * 10)
     with client_for(coordinator) as client, pytest.raises(TransientError) as caught:
         client.lease(LeaseRequest())
-    assert caught.value.status == 500 and caught.value.code == "boom" and "kaput" in str(caught.value)
+    assert caught.value.status_code == 500 and caught.value.code == "boom" and "kaput" in str(caught.value)
     assert coordinator.count(LEASE) == FAST.attempts
 
 
@@ -107,7 +107,7 @@ def test_4xx_maps_to_typed_errors_without_retry(
     coordinator.fail_next(LEASE, reply)
     with client_for(coordinator) as client, pytest.raises(kind) as caught:
         client.lease(LeaseRequest())
-    assert caught.value.status == reply.status
+    assert caught.value.status_code == reply.status
     assert coordinator.count(LEASE) == 1
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.devices import DeviceUnavailable, pick_device
-from ml.loading import WeightsMisfit, load_model, load_tokenizer, load_weights, stop_token_ids
+from ml.devices import pick_device
+from ml.errors import DeviceUnavailable, WeightsMisfit
+from ml.loading import load_model, load_tokenizer, load_weights, stop_token_ids
 from ml.prompts import decode_completion
 from ml.sampling import raw_logprobs, sample_rows
 from shared.assets import ModelSource

@@ -198,7 +198,7 @@ class OpenAIEngine:
                 f"OpenAI-compatible server unreachable at {self._http.base_url}: {exc}"
             ) from exc
         if response.status_code >= 400:
-            raise EngineError(f"POST {path}: {response.status_code}: {response.text[:300]}", status=502)
+            raise EngineError(f"POST {path}: {response.status_code}: {response.text[:300]}", status_code=502)
         data: dict[str, Any] = response.json()
         return data
 
