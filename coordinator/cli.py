@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.commands import run_once
 from coordinator.config import Settings
 
 
@@ -74,13 +74,6 @@ def _migrate(_: argparse.Namespace) -> int:
     migrate(Settings())
     print("database is at the newest schema")
     return 0
-
-
-def run_once(work: Callable[[Any], Any]) -> Any:
-    """`coordinator.db.run_once`, imported on use: starting the CLI (and --help) loads no SQLAlchemy."""
-    from coordinator.db import run_once as run
-
-    return run(work)
 
 
 def _create_token(args: argparse.Namespace) -> int:

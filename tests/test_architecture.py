@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,43 @@ from coordinator.config import Settings
 create_app(Settings(database_url=f"sqlite:///{sys.argv[2]}", redis_url=None))
 """
     _imports_none_of(MODEL_LIBRARIES, code, str(tmp_path / "db.sqlite"))
+
+
+PACKAGES = ("shared", "coordinator", "worker", "verifier", "ml", "flywheel")
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(tree: ast.Module, module: str, known: set[str]) -> set[str]:
+    """Our modules a module imports, anywhere in its text (function-level imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from package import submodule` depends on the submodule, not on the package's own code
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [s for s in subs if s in known] or [node.module]
+        else:
+            continue
+        found |= {name for name in names if name in known and name != module}
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    files = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py") if "migrations" not in p.parts]
+    known = {_module_of(p) for p in files}
+    return {_module_of(p): _imported(ast.parse(p.read_text()), _module_of(p), known) for p in files}
+
+
+def test_no_two_files_import_each_other() -> None:
+    """A file-level circle (each importing the other, even inside a function) is a sign the two
+    share a concern that belongs in a third module."""
+    graph = _import_graph()
+    circles = sorted(
+        {tuple(sorted((a, b))) for a, deps in graph.items() for b in deps if a in graph.get(b, ())}
+    )
+    assert circles == []

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.cli import run_once
+from coordinator.commands import run_once
 
 
 def add_pipeline_commands(subparsers: Any) -> None:

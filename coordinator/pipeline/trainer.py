@@ -26,7 +26,7 @@ from shared.assets import ModelSource
 from shared.pipeline_types import GrpoSpec
 
 if TYPE_CHECKING:
-    from coordinator.pipeline.tasks import Runner
+    from coordinator.pipeline.runner import Runner
 
 
 def run_metrics(session: Session, job: PipelineJob, spec: GrpoSpec) -> dict[str, Any]:
