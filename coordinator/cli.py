@@ -85,11 +85,23 @@ def _create_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_options(text: str | None) -> dict[str, Any]:
+    from coordinator.errors import BadRequest
+
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"--options is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise BadRequest("--options must be a JSON object")
+    return options
+
+
 def _problems(args: argparse.Namespace) -> int:
     from coordinator.problems import service
     from shared.protocol import ProblemSetCreate
 
-    options = json.loads(args.options) if args.options else {}
+    options = _json_options(args.options)
     if args.source == "dataset":
         options = _dataset_options(args, options)
     request = ProblemSetCreate(
@@ -266,8 +278,23 @@ def _campaign_parser(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from coordinator.errors import FlywheelError
+
     args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except FlywheelError as exc:  # what the command was given is wrong: say so, in one line
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # an argument out of its range
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors())
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file named on the command line
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     return code
 
 
