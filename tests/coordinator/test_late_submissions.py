@@ -1,4 +1,4 @@
-"""Late submissions (docs/protocol.md): a lease past its deadline still counts until someone else
+"""Late submissions (docs/architecture.md): a lease past its deadline still counts until someone else
 takes the job; once the job is leased again, only the new holder's trace is stored."""
 
 from __future__ import annotations
