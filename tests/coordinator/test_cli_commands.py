@@ -114,11 +114,6 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 CASES = ["code spec", "line", "missing file", "options", "split", "limit"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator/cli.py main() lets FlywheelError (BadRequest, ValidationFailed), pydantic "
-    "ValidationError, OSError and JSONDecodeError escape as a traceback, not one line and a failure",
-)
 @pytest.mark.parametrize("case", CASES)
 def test_a_bad_problem_spec_is_one_clear_line_and_a_failure(
     database_url: str, tmp_path: Path, case: str
