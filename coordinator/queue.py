@@ -1,6 +1,7 @@
 """Background tasks: RQ when REDIS_URL is set, an in-process runner otherwise.
 
-Both run the same task functions, named by dotted path, with plain JSON-able arguments. Tasks are
+Both run the same task functions, passed as functions (so go-to-definition follows them; RQ is
+handed their dotted path, which `task_path` checks resolves back), with plain JSON-able arguments. Tasks are
 idempotent (at-least-once delivery); anything a lost task leaves undone is found again by the
 sweeper in `coordinator.results.tasks`, so a crash between commit and enqueue loses nothing.
 This is the only module that imports `rq`.
@@ -18,14 +19,30 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 
-def resolve(path: str) -> Callable[..., Any]:
+Task = Callable[..., Any]
+
+
+def resolve(path: str) -> Task:
     module, _, name = path.rpartition(".")
-    func: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    func: Task = getattr(importlib.import_module(module), name)
     return func
 
 
+def task_path(task: Task) -> str:
+    """The dotted path a task runner in another process imports the task by; only module-level
+    functions have one."""
+    path = f"{task.__module__}.{task.__qualname__}"
+    try:
+        found: Task | None = resolve(path)
+    except (ImportError, AttributeError):  # a nested function or a lambda: `<locals>` in its name
+        found = None
+    if found is not task:
+        raise ValueError(f"{path} is not a module-level function: no other process could run it")
+    return path
+
+
 class TaskQueue(Protocol):
-    def enqueue(self, path: str, *args: Any, queue: str = "default") -> None: ...
+    def enqueue(self, task: Task, *args: Any, queue: str = "default") -> None: ...
 
     def close(self) -> None: ...
 
@@ -34,7 +51,7 @@ class InProcessQueue:
     """Threads draining one FIFO; used by `flywheel demo` and tests without Redis."""
 
     def __init__(self, threads: int = 2) -> None:
-        self._items: stdqueue.Queue[tuple[str, tuple[Any, ...]] | None] = stdqueue.Queue()
+        self._items: stdqueue.Queue[tuple[Task, tuple[Any, ...]] | None] = stdqueue.Queue()
         self._idle = threading.Condition()
         self._busy = 0
         self._threads = [
@@ -43,18 +60,19 @@ class InProcessQueue:
         for thread in self._threads:
             thread.start()
 
-    def enqueue(self, path: str, *args: Any, queue: str = "default") -> None:
+    def enqueue(self, task: Task, *args: Any, queue: str = "default") -> None:
+        task_path(task)  # the same tasks as RQ would take, so code tested here runs there too
         with self._idle:
             self._busy += 1
-        self._items.put((path, args))
+        self._items.put((task, args))
 
     def _run(self) -> None:
         while (item := self._items.get()) is not None:
-            path, args = item
+            task, args = item
             try:
-                resolve(path)(*args)
+                task(*args)
             except Exception:  # a failed task is retried by the sweeper, never lost
-                log.exception("background task %s%r failed", path, args)
+                log.exception("background task %s%r failed", task.__qualname__, args)
             finally:
                 with self._idle:
                     self._busy -= 1
@@ -86,8 +104,8 @@ class RQQueue:
             self._queues[name] = self._rq.Queue(name, connection=self._redis)
         return self._queues[name]
 
-    def enqueue(self, path: str, *args: Any, queue: str = "default") -> None:
-        self._queue(queue).enqueue(path, *args, result_ttl=0, failure_ttl=86_400)
+    def enqueue(self, task: Task, *args: Any, queue: str = "default") -> None:
+        self._queue(queue).enqueue(task_path(task), *args, result_ttl=0, failure_ttl=86_400)
 
     def close(self) -> None:
         self._redis.close()

@@ -182,12 +182,12 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _enqueue_remote(settings: Any, job_id: uuid.UUID, token: uuid.UUID) -> None:
-    from coordinator.pipeline.tasks import RUN_TASK
+    from coordinator.pipeline.tasks import run_job
     from coordinator.queue import make_queue
 
     queue = make_queue(settings.redis_url)
     try:
-        queue.enqueue(RUN_TASK, str(job_id), str(token), 0.0, queue=settings.train_queue)
+        queue.enqueue(run_job, str(job_id), str(token), 0.0, queue=settings.train_queue)
     finally:
         queue.close()
     print(f"queued on {settings.train_queue!r}; watch with `flywheel coordinator pipeline status {job_id}`")
@@ -197,10 +197,10 @@ class _Foreground:
     """A task queue that keeps this process's tasks to run one after another, in order."""
 
     def __init__(self) -> None:
-        self.items: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self.items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
 
-    def enqueue(self, path: str, *args: Any, queue: str = "default") -> None:
-        self.items.append((path, args))
+    def enqueue(self, task: Callable[..., Any], *args: Any, queue: str = "default") -> None:
+        self.items.append((task, args))
 
     def close(self) -> None:
         self.items.clear()
@@ -209,8 +209,7 @@ class _Foreground:
 def _foreground(job_id: uuid.UUID, token: uuid.UUID) -> int:
     from coordinator.config import Settings
     from coordinator.db import make_engine, make_session_factory
-    from coordinator.pipeline.tasks import RUN_TASK
-    from coordinator.queue import resolve
+    from coordinator.pipeline.tasks import run_job
     from coordinator.runtime import Runtime, set_runtime
 
     settings = Settings()
@@ -218,14 +217,14 @@ def _foreground(job_id: uuid.UUID, token: uuid.UUID) -> int:
     queue = _Foreground()
     runtime = Runtime(settings=settings, engine=engine, sessions=make_session_factory(engine), queue=queue)
     set_runtime(runtime)
-    queue.enqueue(RUN_TASK, str(job_id), str(token), 0.0)
+    queue.enqueue(run_job, str(job_id), str(token), 0.0)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(runtime, job_id, stop), daemon=True)
     watcher.start()
     try:
         while queue.items:
-            path, args = queue.items.popleft()
-            resolve(path)(*args)
+            task, args = queue.items.popleft()
+            task(*args)
     finally:
         stop.set()
         watcher.join(timeout=5)

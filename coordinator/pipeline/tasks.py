@@ -30,11 +30,10 @@ from shared.assets import ModelSource
 from shared.pipeline_types import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
 
 log = logging.getLogger(__name__)
-RUN_TASK = "coordinator.pipeline.tasks.run_job"
 
 
 def enqueue(runtime: Runtime, job_id: uuid.UUID, token: uuid.UUID, delay_s: float = 0.0) -> None:
-    runtime.queue.enqueue(RUN_TASK, str(job_id), str(token), delay_s, queue=runtime.settings.train_queue)
+    runtime.queue.enqueue(run_job, str(job_id), str(token), delay_s, queue=runtime.settings.train_queue)
 
 
 def run_job(job_id: str, token: str, delay_s: float = 0.0) -> None:

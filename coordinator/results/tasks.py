@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from verifier.errors import HostStalledError
 
 log = logging.getLogger(__name__)
-VERIFY_TASK = "coordinator.results.tasks.verify_traces"
 # Traces per verification task: one task per submitted batch, not one per trace, because creating
 # and enqueueing a task costs the API more than storing the trace does.
 VERIFY_CHUNK = 16
@@ -96,7 +95,7 @@ def enqueue_verification(runtime: Runtime, trace_ids: Sequence[uuid.UUID]) -> No
     ids = [str(trace_id) for trace_id in trace_ids]
     for start in range(0, len(ids), VERIFY_CHUNK):
         chunk = ids[start : start + VERIFY_CHUNK]
-        runtime.queue.enqueue(VERIFY_TASK, chunk, queue=runtime.settings.verify_queue)
+        runtime.queue.enqueue(verify_traces, chunk, queue=runtime.settings.verify_queue)
 
 
 def requeue_pending(runtime: Runtime, older_than_s: float, limit: int = 10_000) -> int:

@@ -30,7 +30,6 @@ from shared.protocol import ARTIFACT_MODEL_PREFIX
 from shared.trust_types import Outcome
 
 log = logging.getLogger(__name__)
-VALIDATE_TASK = "coordinator.trust.tasks.validate_traces"
 WAIT_FACTOR = 10
 
 
@@ -53,7 +52,7 @@ def enqueue_validation(runtime: Runtime, trace_ids: Sequence[uuid.UUID]) -> None
     ids = [str(i) for i in trace_ids]
     for start in range(0, len(ids), settings.validation_batch):
         chunk = ids[start : start + settings.validation_batch]
-        runtime.queue.enqueue(VALIDATE_TASK, chunk, queue=settings.validate_queue)
+        runtime.queue.enqueue(validate_traces, chunk, queue=settings.validate_queue)
 
 
 def validate_traces(trace_ids: list[str]) -> None:
