@@ -319,10 +319,12 @@ def ban(session: Session, worker_id: uuid.UUID) -> None:
 
 
 def _set_banned(session: Session, worker_id: uuid.UUID, banned: bool) -> None:
-    """An operator's decision replaces any quarantine: banned, or back at work."""
+    """An operator's decision replaces any quarantine: banned, or back at work, and either way its
+    trust starts again from 0 (every trace validated until it earns trust anew)."""
     _worker(session, worker_id)
     record = repository.trust_of(session, worker_id, lock=True)
     record.quarantined = False
+    record.trust = 0
     repository.touch(record)
     workers.set_banned(session, worker_id, banned)
 

@@ -90,11 +90,6 @@ def test_ban_restore_and_revalidate(trust_api: Api, engine: TransformersEngine) 
         assert r.status_code == 404, (action, r.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator/trust/service.py _set_banned keeps the worker's trust through a ban and its "
-    "restore, so a restored worker is not checked on every trace as docs/trust.md says",
-)
 def test_a_worker_restored_from_a_ban_is_checked_on_every_trace(
     trust_api: Api, engine: TransformersEngine
 ) -> None:
