@@ -1,7 +1,8 @@
-"""Devices and dtypes: what `auto` means, and the GPU memory a process may take."""
+"""Devices, dtypes and training precisions: what `auto` means, and the GPU memory a process may take."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ml.errors import DeviceUnavailable
@@ -36,6 +37,29 @@ def pick_dtype(dtype: str, device: str) -> Any:
         # fp32 on CPU: bf16 matmuls there are slow and far from what a GPU validator computes.
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """A training precision: `auto` is `bf16-mixed` on CUDA and `float32` elsewhere.
+
+    `bf16-mixed` keeps float32 master weights and optimizer moments and runs the forward pass
+    under bfloat16 autocast: about four times float32's speed on a Hopper GPU, and updates as
+    small as lr 1e-5 still land, which they do not in pure bfloat16 weights. A CPU has no fast
+    bfloat16 matmuls, hence float32 there."""
+    if precision == "auto":
+        return "bf16-mixed" if device.startswith("cuda") else "float32"
+    if precision not in ("float32", "bf16-mixed"):
+        raise ValueError(f"unknown training precision {precision!r}")
+    return precision
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[Any]:
+    """The context a forward pass in `precision` (a picked one: see pick_precision) runs in."""
+    import torch
+
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cap_gpu_memory(fraction: float | None) -> dict[int, int] | None:

@@ -28,6 +28,12 @@ from shared.protocol import (
 
 ModelName = Annotated[str, Field(min_length=1, max_length=128)]
 Device = Literal["auto", "cpu", "cuda"]
+# A trainer's arithmetic: `auto` is bf16-mixed on CUDA and float32 elsewhere (ml.devices.pick_precision).
+Precision = Literal["auto", "float32", "bf16-mixed"]
+PRECISION_HELP = (
+    "auto: bf16-mixed on CUDA, float32 on CPU; bf16-mixed: float32 weights and optimizer state, "
+    "forward passes under bfloat16 autocast; float32: everything in float32"
+)
 JobKind = Literal["select", "sft", "evaluate", "grpo"]
 JobStatus = Literal["queued", "running", "waiting", "done", "failed", "cancelled"]
 
@@ -169,6 +175,15 @@ class SftSpec(Schema):
     checkpoint_every: int = Field(default=100, ge=1, description="steps between resumable snapshots")
     seed: int = Field(default=0, ge=0)
     device: Device = "auto"
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
+    packing: bool = Field(
+        default=True,
+        description="lay a micro-batch's sequences end to end in rows of max_length tokens, each "
+        "attending only to itself, instead of padding every sequence to the longest",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in the backward pass: less memory, about 30% slower"
+    )
 
 
 class EvaluateSpec(Schema):
@@ -211,6 +226,7 @@ class GrpoSpec(Schema):
     )
     seed: int = Field(default=0, ge=0, lt=2**62)
     device: Device = "auto"
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
     poll_s: float = Field(default=2.0, gt=0, le=60)
 
     @model_validator(mode="after")

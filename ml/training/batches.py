@@ -45,6 +45,16 @@ def prompt_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def _labels(example: Example, length: int, mask: Sequence[int] | None) -> list[int]:
+    """Labels of one row of `length` tokens: the completion's tokens the mask keeps, else -100."""
+    labels = [-100] * length
+    start = len(example.prompt_ids)
+    for k, token in enumerate(example.completion_ids):
+        if start + k < length and (mask is None or mask[k]):
+            labels[start + k] = token
+    return labels
+
+
 def pad_batch(
     examples: Sequence[Example],
     pad_id: int,
@@ -63,12 +73,101 @@ def pad_batch(
     for i, (example, row) in enumerate(zip(examples, rows, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
         attention[i, : len(row)] = 1
-        start = len(example.prompt_ids)
-        for k, token in enumerate(example.completion_ids):
-            keep = masks is None or masks[i] is None or masks[i][k]  # type: ignore[index]
-            if start + k < len(row) and keep:
-                labels[i, start + k] = token
+        labels[i, : len(row)] = torch.tensor(_labels(example, len(row), masks[i] if masks else None))
     return ids, attention, labels
+
+
+def _bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped so each group's lengths sum to at most `capacity`."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((b for b, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            bins.append([])
+            room.append(capacity)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= lengths[i]
+    return bins
+
+
+def pack_batch(
+    examples: Sequence[Example],
+    pad_id: int,
+    max_length: int,
+    masks: Sequence[Sequence[int] | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences laid end to end in rows of at most `max_length` tokens: (input_ids, position_ids,
+    labels). Positions restart at 0 with each sequence, which is how the model (given no attention
+    mask and no cache) tells them apart: each attends only to itself, as if alone in its row. Only
+    a row's tail is padding, as a sequence of its own with no labels."""
+    import torch
+
+    rows = [(e.prompt_ids + e.completion_ids)[:max_length] for e in examples]
+    packed = _bins([len(r) for r in rows], max_length)
+    width = max(sum(len(rows[i]) for i in row) for row in packed)
+    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(packed), width), dtype=torch.long)
+    labels = torch.full((len(packed), width), -100, dtype=torch.long)
+    for r, members in enumerate(packed):
+        at = 0
+        for i in members:
+            n = len(rows[i])
+            ids[r, at : at + n] = torch.tensor(rows[i])
+            positions[r, at : at + n] = torch.arange(n)
+            # A sequence's first label would be predicted from the one before it: never a target.
+            labels[r, at + 1 : at + n] = torch.tensor(
+                _labels(examples[i], n, masks[i] if masks else None)[1:]
+            )
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return ids, positions, labels
+
+
+@dataclass(frozen=True)
+class LmBatch:
+    """One forward pass's rows: padded (with an attention mask) or packed (with position ids)."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    attention: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+    @property
+    def targets(self) -> int:
+        """How many tokens carry a loss."""
+        return int((self.labels[:, 1:] >= 0).sum())
+
+    def inputs(self, device: Any) -> dict[str, Any]:
+        """The model's keyword arguments. No cache: with one, the model would not look for packing."""
+        if self.positions is not None:
+            return {
+                "input_ids": self.ids.to(device),
+                "position_ids": self.positions.to(device),
+                "use_cache": False,
+            }
+        assert self.attention is not None
+        return {
+            "input_ids": self.ids.to(device),
+            "attention_mask": self.attention.to(device),
+            "use_cache": False,
+        }
+
+
+def lm_batch(
+    examples: Sequence[Example],
+    pad_id: int,
+    max_length: int,
+    masks: Sequence[Sequence[int] | None] | None = None,
+    *,
+    packed: bool,
+) -> LmBatch:
+    if packed:
+        ids, positions, labels = pack_batch(examples, pad_id, max_length, masks)
+        return LmBatch(ids, labels, positions=positions)
+    ids, attention, labels = pad_batch(examples, pad_id, max_length, masks)
+    return LmBatch(ids, labels, attention=attention)
 
 
 def token_losses(

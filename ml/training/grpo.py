@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml.devices import pick_device
+from ml.devices import autocast, pick_device, pick_precision
 from ml.loading import load_model, save_weights
 from shared.assets import ModelSource
 from shared.pipeline_types import GrpoSpec
@@ -78,17 +78,24 @@ def _collate(rollouts: Sequence[Rollout], pad_id: int) -> _Batch:
     )
 
 
-def token_logprobs(model: Any, batch: _Batch, sampling: SamplingParams) -> Any:
-    """log p(token) under the sampler's distribution (temperature, top-k/top-p), float64, per token."""
+def token_logprobs(model: Any, batch: _Batch, sampling: SamplingParams, precision: str = "float32") -> Any:
+    """log p(token) under the sampler's distribution (temperature, top-k/top-p), float64, per token.
+    `precision` (a picked one: ml.devices.pick_precision) is the forward pass's; the sampler's
+    arithmetic on the logits is float64 in every precision."""
     import torch
 
     from shared.sampling import filtered_logprobs
 
     device = next(model.parameters()).device
-    logits = model(input_ids=batch.ids.to(device), attention_mask=batch.attention.to(device)).logits
-    rows = logits[batch.positions[:, 0].to(device), batch.positions[:, 1].to(device)]
+    with autocast(precision, device.type):
+        logits = model(input_ids=batch.ids.to(device), attention_mask=batch.attention.to(device)).logits
+    rows = logits[batch.positions[:, 0].to(device), batch.positions[:, 1].to(device)].float()
     logprobs = filtered_logprobs(torch, rows, [sampling] * rows.shape[0])
     return logprobs.gather(-1, batch.tokens.to(device)[:, None])[:, 0]
+
+
+def _precision(model: Any, spec: GrpoSpec) -> str:
+    return pick_precision(spec.precision, next(model.parameters()).device.type)
 
 
 def _chunks(rollouts: Sequence[Rollout], size: int) -> list[Sequence[Rollout]]:
@@ -134,8 +141,8 @@ def _prescore(
     with torch.inference_mode():
         for chunk in _chunks(rollouts, spec.micro_batch):
             batch = _collate(chunk, pad_id)
-            current = token_logprobs(policy, batch, spec.sampling)
-            ref = token_logprobs(reference, batch, spec.sampling)
+            current = token_logprobs(policy, batch, spec.sampling, _precision(policy, spec))
+            ref = token_logprobs(reference, batch, spec.sampling, _precision(reference, spec))
             log_ratio = ref - current
             kl_sum += float((log_ratio.exp() - log_ratio - 1).sum())
             kl_n += int(current.numel())
@@ -157,7 +164,10 @@ def _reference_per_chunk(
     if spec.kl_coef == 0.0:
         return [None for _ in chunks]
     with torch.inference_mode():
-        return [token_logprobs(reference, _collate(c, pad_id), spec.sampling) for c in chunks]
+        return [
+            token_logprobs(reference, _collate(c, pad_id), spec.sampling, _precision(reference, spec))
+            for c in chunks
+        ]
 
 
 def _objective(new: Any, batch: _Batch, ref: Any, spec: GrpoSpec) -> tuple[Any, Any]:
@@ -203,7 +213,9 @@ def _update(
     total, clipped = 0.0, 0
     for chunk, ref in zip(minibatch.chunks, minibatch.reference, strict=True):
         batch = _collate(chunk, pad_id)
-        objective, was_clipped = _objective(token_logprobs(policy, batch, spec.sampling), batch, ref, spec)
+        objective, was_clipped = _objective(
+            token_logprobs(policy, batch, spec.sampling, _precision(policy, spec)), batch, ref, spec
+        )
         loss = -objective.sum() / minibatch.tokens  # token mean over the whole minibatch
         loss.backward()
         total += float(loss.detach())
@@ -247,6 +259,7 @@ def step(
     policy.eval()
     metrics["tokens"] = tokens
     metrics["optimizer_steps"] = spec.epochs_per_step * len(plan)
+    metrics["precision"] = _precision(policy, spec)
     return metrics
 
 

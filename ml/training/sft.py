@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.devices import pick_device
+from ml.devices import autocast, pick_device, pick_precision
 from ml.loading import load_model, load_tokenizer, save_weights
 from ml.training import batches
 from ml.training.batches import Example
@@ -44,6 +44,7 @@ class _Data:
     eval: list[Example]
     eval_masks: list[list[int] | None]
     pad_id: int
+    precision: str  # a picked one: float32 or bf16-mixed
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _encode_rows(
     return examples, masks
 
 
-def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec) -> _Data:
+def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec, precision: str) -> _Data:
     import random
 
     examples, masks = _encode_rows(tokenizer, rows)
@@ -87,6 +88,7 @@ def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec) -> _Da
         eval=[examples[i] for i in held],
         eval_masks=[masks[i] for i in held],
         pad_id=int(pad),
+        precision=precision,
     )
 
 
@@ -135,35 +137,37 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def _micro_batches(
     examples: Sequence[Example], masks: Sequence[list[int] | None], data: _Data, spec: SftSpec
-) -> list[tuple[Any, Any, Any, int]]:
-    """(input_ids, attention, labels, labelled tokens) per micro-batch."""
+) -> list[batches.LmBatch]:
     micro = spec.micro_batch or spec.batch_size
-    out = []
-    for start in range(0, len(examples), micro):
-        ids, attention, labels = batches.pad_batch(
-            examples[start : start + micro], data.pad_id, spec.max_length, masks[start : start + micro]
+    return [
+        batches.lm_batch(
+            examples[start : start + micro],
+            data.pad_id,
+            spec.max_length,
+            masks[start : start + micro],
+            packed=spec.packing,
         )
-        out.append((ids, attention, labels, int((labels[:, 1:] >= 0).sum())))
-    return out
+        for start in range(0, len(examples), micro)
+    ]
 
 
-def _summed_loss(model: Any, batch: tuple[Any, Any, Any, int]) -> Any:
+def _summed_loss(model: Any, batch: batches.LmBatch, precision: str) -> Any:
     device = next(model.parameters()).device
-    ids, attention, labels, count = batch
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
-    mean, _ = batches.masked_lm_loss(logits, labels.to(device))
+    with autocast(precision, device.type):
+        logits = model(**batch.inputs(device)).logits
+    mean, count = batches.masked_lm_loss(logits, batch.labels.to(device))
     return mean * count
 
 
 def _train_step(model: Any, optimizer: Any, rows: list[int], data: _Data, spec: SftSpec) -> tuple[float, int]:
     import torch
 
-    batches = _micro_batches([data.train[i] for i in rows], [data.train_masks[i] for i in rows], data, spec)
-    total_tokens = sum(b[3] for b in batches)
+    parts = _micro_batches([data.train[i] for i in rows], [data.train_masks[i] for i in rows], data, spec)
+    total_tokens = sum(b.targets for b in parts)
     optimizer.zero_grad(set_to_none=True)
     loss_total = 0.0
-    for batch in batches:
-        summed = _summed_loss(model, batch)
+    for batch in parts:
+        summed = _summed_loss(model, batch, data.precision)
         # Dividing every micro-batch by the batch's token count makes the sum of gradients the
         # gradient of the batch's mean token loss, whatever the micro-batch split.
         (summed / max(1, total_tokens)).backward()
@@ -181,7 +185,7 @@ def evaluate_loss(model: Any, data: _Data, spec: SftSpec) -> float | None:
     total, count = 0.0, 0
     with torch.inference_mode():
         for batch in _micro_batches(data.eval, data.eval_masks, data, spec):
-            total, count = total + float(_summed_loss(model, batch)), count + batch[3]
+            total, count = total + float(_summed_loss(model, batch, data.precision)), count + batch.targets
     return total / max(1, count)
 
 
@@ -268,12 +272,27 @@ def train(
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
     tokenizer = load_tokenizer(source)
-    data = _split(tokenizer, rows, spec)
-    model = _wrap(load_model(source, device, "float32", trainable=True), spec)
+    data = _split(tokenizer, rows, spec, pick_precision(spec.precision, device))
+    # float32 master weights in every precision: bf16-mixed casts per operation, not the weights.
+    base = load_model(source, device, "float32", trainable=True)
+    if spec.gradient_checkpointing:
+        _checkpoint_activations(base)
+    model = _wrap(base, spec)
     optimizer = _optimizer(model, spec)
     state = _loop(model, optimizer, data, spec, workdir, progress)
     model.eval()
     return _finish(model, spec, workdir, state, data)
+
+
+def _checkpoint_activations(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass. Non-reentrant, so it recomputes
+    correctly under adapters too, whose frozen inputs need no gradient."""
+    options = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer transformers' name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def _finish(model: Any, spec: SftSpec, workdir: Path, state: _State, data: _Data) -> SftResult:
@@ -296,6 +315,8 @@ def _finish(model: Any, spec: SftSpec, workdir: Path, state: _State, data: _Data
         "initial_eval_loss": state.curve["eval"][0][1] if state.curve["eval"] else None,
         "parameters": trainable,
         "method": spec.method,
+        "precision": data.precision,
+        "packing": spec.packing,
     }
     return SftResult(weights, adapter, _jsonable(adapter_config), state.curve, metrics)
 
