@@ -160,9 +160,27 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """One unit of work: commit on success, roll back on any error. Actions registered with
+    `after_commit` run once the commit succeeded, in order; a rollback drops them."""
+    with factory() as session:
+        session.info[AFTER_COMMIT] = []
+        with session.begin():
+            yield session
+        actions: list[Callable[[], None]] = session.info.pop(AFTER_COMMIT)
+    for action in actions:
+        action()
+
+
+AFTER_COMMIT = "flywheel.after_commit"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` (enqueue a task, say) after this `transaction` commits, never before, so no
+    task can look for a row that is not there yet; if the transaction rolls back it never runs."""
+    actions = session.info.get(AFTER_COMMIT)
+    if actions is None:  # a session whose commit nobody would report: the action would be lost
+        raise RuntimeError("after_commit needs a session opened by coordinator.db.transaction")
+    actions.append(action)
 
 
 @contextmanager

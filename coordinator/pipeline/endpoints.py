@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from coordinator.db import transaction
+from coordinator.db import after_commit, transaction
 from coordinator.deps import OperatorDep, PrincipalDep, RuntimeDep, SessionDep
 from coordinator.errors import Forbidden, NotFound
 from coordinator.pipeline import rl, service, tasks
@@ -29,13 +29,13 @@ ARTIFACTS = service.ARTIFACTS_ROUTE
 
 @router.post(JOBS, response_model=PipelineJobOut, status_code=201)
 def create(body: PipelineJobCreate, rt: RuntimeDep, _: OperatorDep) -> PipelineJobOut:
-    # Commit first, enqueue after: the task must find the row it is given.
     with transaction(rt.sessions) as session:
         job = service.create_job(session, body, rt.settings)
         out = service.to_out(session, job)
         token = job.wake_token
-    assert token is not None
-    tasks.enqueue(rt, job.id, token)
+        assert token is not None
+        job_id = job.id
+        after_commit(session, lambda: tasks.enqueue(rt, job_id, token))  # the task finds its row
     return out
 
 
@@ -64,7 +64,7 @@ def resume(job_id: uuid.UUID, rt: RuntimeDep, _: OperatorDep) -> PipelineJobOut:
     with transaction(rt.sessions) as session:
         token = service.resume(session, job_id)
         out = service.to_out(session, service.get_job(session, job_id))
-    tasks.enqueue(rt, job_id, token)
+        after_commit(session, lambda: tasks.enqueue(rt, job_id, token))
     return out
 
 

@@ -16,9 +16,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
-from coordinator.db import transaction
+from coordinator.db import after_commit, transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact
 from coordinator.pipeline.ops import evaluate, selection
@@ -66,8 +67,8 @@ def _settle(runtime: Runtime, runner: Runner, outcome: Outcome) -> None:
             service.finish(session, runner.job_id, runner.token, DONE)
             return
         token = service.wait(session, runner.job_id, runner.token, outcome.stage)
-    if token is not None:
-        enqueue(runtime, runner.job_id, token, outcome.poll_s)
+        if token is not None:
+            after_commit(session, lambda: enqueue(runtime, runner.job_id, token, outcome.poll_s))
 
 
 def requeue_stalled(runtime: Runtime | None = None) -> int:
@@ -77,8 +78,8 @@ def requeue_stalled(runtime: Runtime | None = None) -> int:
     with transaction(runtime.sessions) as session:
         stalled = list(service.stalled_jobs(session))
         tokens = [(job_id, service.resume(session, job_id)) for job_id in stalled]
-    for job_id, token in tokens:
-        enqueue(runtime, job_id, token)
+        for job_id, token in tokens:
+            after_commit(session, partial(enqueue, runtime, job_id, token))
     return len(tokens)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from coordinator.db import transaction
+from coordinator.db import after_commit, transaction
 from coordinator.deps import FastJSONRoute, RuntimeDep, VolunteerDep, wire
 from coordinator.results import service, tasks
 from shared.protocol import Routes, SubmitRequest, SubmitResponse
@@ -12,8 +12,7 @@ router = APIRouter(tags=["results"], route_class=FastJSONRoute)
 
 @router.post(Routes.submit, response_model=SubmitResponse)
 def submit(body: SubmitRequest, who: VolunteerDep, rt: RuntimeDep) -> Response:
-    # Commit first, enqueue after: an ack means the trace is durable, and a verification task
-    # can never run before the row it checks exists.
+    # An ack means the trace is durable; its verification is enqueued only once it is committed.
     settings = rt.settings
     with transaction(rt.sessions) as session:
         response, trace_ids = service.submit(
@@ -24,5 +23,5 @@ def submit(body: SubmitRequest, who: VolunteerDep, rt: RuntimeDep) -> Response:
             seen_every_s=settings.last_seen_every_s,
             max_unverifiable=settings.max_unverifiable_per_worker,
         )
-    tasks.enqueue_verification(rt, trace_ids)
+        after_commit(session, lambda: tasks.enqueue_verification(rt, trace_ids))
     return wire(response)

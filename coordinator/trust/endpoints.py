@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from coordinator.db import transaction
+from coordinator.db import after_commit, transaction
 from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
 from coordinator.trust import service, tasks
 from shared.protocol import Routes, TokenOut
@@ -55,10 +55,10 @@ def ban(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDe
 
 @router.post(WORKER + "/trust/revalidate", response_model=Requeued)
 def revalidate(worker_id: uuid.UUID, rt: RuntimeDep, _: OperatorDep) -> Requeued:
-    # Enqueue only after the withdrawal is committed, so no task can find the traces unmarked.
     with transaction(rt.sessions) as session:
         ids = service.revalidate(session, worker_id)
-    tasks.enqueue_validation(rt, ids)
+        # after the withdrawal is committed, so no task can find the traces unmarked
+        after_commit(session, lambda: tasks.enqueue_validation(rt, ids))
     return Requeued(worker_id=worker_id, traces=len(ids))
 
 

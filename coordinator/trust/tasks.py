@@ -14,10 +14,11 @@ import math
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 
-from coordinator.db import transaction, utcnow
+from coordinator.db import after_commit, transaction, utcnow
 from coordinator.errors import FlywheelError
 from coordinator.pipeline import service as pipeline
 from coordinator.runtime import Runtime, get_runtime
@@ -40,11 +41,8 @@ def after_verdict(runtime: Runtime, trace_id: uuid.UUID) -> None:
             service.skip(session, trace_id, lock=not settings.is_sqlite)
         return
     with transaction(runtime.sessions) as session:
-        chosen = service.after_verdict(
-            session, trace_id, settings.validation_floor, lock=not settings.is_sqlite
-        )
-    if chosen:
-        enqueue_validation(runtime, [trace_id])
+        if service.after_verdict(session, trace_id, settings.validation_floor, lock=not settings.is_sqlite):
+            after_commit(session, lambda: enqueue_validation(runtime, [trace_id]))
 
 
 def enqueue_validation(runtime: Runtime, trace_ids: Sequence[uuid.UUID]) -> None:
@@ -85,9 +83,11 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
     for item, result in zip(items, results, strict=True):
         with transaction(runtime.sessions) as session:
             recheck = service.record(session, item, result, lock=not runtime.settings.is_sqlite)
-        if recheck:
-            log.warning("worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck))
-            enqueue_validation(runtime, recheck)
+            if recheck:
+                log.warning(
+                    "worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck)
+                )
+                after_commit(session, partial(enqueue_validation, runtime, recheck))
 
 
 def _check(
