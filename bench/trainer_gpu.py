@@ -12,7 +12,12 @@ text, one token per character, for each variant in turn:
   baseline), bf16-mixed padded, bf16-mixed packed; and for full fine-tuning on fixed data also
   bf16-mixed packed with gradient checkpointing.
 
-Reported per variant: train tok/s (every non-padding token of a batch, prompt included, over
+Then GRPO trainer steps (`ml.training.grpo.step`: prescoring with the policy and the reference,
+reference logprobs for the KL term, the clipped update) on `--grpo-rollouts` random on-policy
+rollouts, float32 against bf16-mixed: tok/s is the batch's tokens (prompts included) over a
+step's wall time, the first step left out.
+
+Reported per SFT variant: train tok/s (every non-padding token of a batch, prompt included, over
 the wall time of the steps after `--warmup`), peak GPU memory, the train loss after the last
 step, the largest per-step gap to the float32 curve on the same rows, and the ratios to the
 float32 baseline of the same method and data. Every variant trains on the same rows in the same
@@ -25,23 +30,26 @@ order from the same initial weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
 import shutil
+import statistics
 import string
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.worker_gpu import SIZES, build_model, gpu_name
-from ml.loading import load_tokenizer
-from ml.training import batches, sft
+from ml.loading import load_model, load_tokenizer
+from ml.training import batches, grpo, sft
 from shared.assets import ModelSource
-from shared.pipeline_types import SftSpec
+from shared.pipeline_types import GrpoSpec, SftSpec
 
 LR = {"full": 1e-5, "lora": 2e-4, "dora": 2e-4}
 
@@ -176,6 +184,66 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _rollouts(policy: Any, cfg: argparse.Namespace, spec: GrpoSpec, version: int) -> list[grpo.Rollout]:
+    """`--grpo-rollouts` random rollouts, on-policy: their logprobs are the policy's own in float32."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = policy.config.vocab_size
+    shells = []
+    for i in range(cfg.grpo_rollouts):
+        prompt = torch.randint(3, vocab, (cfg.grpo_prompt,), generator=gen).tolist()
+        completion = torch.randint(3, vocab, (cfg.grpo_completion,), generator=gen).tolist()
+        advantage = 1.0 if i % 2 else -1.0
+        shells.append(
+            grpo.Rollout(
+                f"g{i // 8}", version, prompt, completion, [0.0] * len(completion), 0.0, False, advantage
+            )
+        )
+    with torch.inference_mode():
+        old = [grpo.token_logprobs(policy, grpo._collate([r], 0), spec.sampling).tolist() for r in shells]
+    return [dataclasses.replace(r, old_logprobs=lp) for r, lp in zip(shells, old, strict=True)]
+
+
+def run_grpo(precision: str, folder: Path, cfg: argparse.Namespace) -> dict[str, Any]:
+    """GRPO trainer steps (prescoring, reference logprobs, clipped update) on the same rollouts."""
+    import torch
+
+    spec = GrpoSpec(model=str(folder), problem_set_id=uuid.uuid4(), device=cfg.device, precision=precision,
+                    micro_batch=cfg.grpo_micro_batch, kl_coef=0.01, max_logprob_gap=10.0)  # fmt: skip
+    gc.collect()
+    if cfg.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    policy = load_model(ModelSource(str(folder)), cfg.device, "float32", trainable=True)
+    reference = load_model(ModelSource(str(folder)), cfg.device, "float32")
+    rollouts = _rollouts(policy, cfg, spec, version=0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
+    if cfg.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times, metrics = [], {}
+    for _ in range(cfg.grpo_steps):
+        began = time.perf_counter()
+        metrics = grpo.step(policy, reference, optimizer, rollouts, spec, 0, 0)
+        times.append(time.perf_counter() - began)
+    peak = torch.cuda.max_memory_allocated() / 1024**3 if cfg.device.startswith("cuda") else 0.0
+    tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+    seconds = statistics.fmean(times[1:]) if len(times) > 1 else times[0]  # the first step warms up
+    return {"precision": precision, "step_s": seconds, "tok_s": tokens / seconds, "peak_gib": peak,
+            "loss": metrics["loss"], "kl": metrics["kl"], "trained": metrics["rollouts_trained"]}  # fmt: skip
+
+
+def grpo_report(results: list[dict[str, Any]]) -> str:
+    base = results[0]
+    lines = ["| GRPO step | train tok/s | vs float32 | step s | peak GiB | loss | rollouts trained |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        ratio = r["tok_s"] / base["tok_s"]
+        cells = [r["precision"], f"{r['tok_s']:,.0f}", f"{ratio:.2f}", f"{r['step_s']:.3f}",
+                 f"{r['peak_gib']:.1f}", f"{r['loss']:.5f}", str(r["trained"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="0.5b")
@@ -187,6 +255,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--length", type=int, default=512, help="tokens per row (the longest, for varied data)")
     p.add_argument("--methods", default="full,lora,dora")
     p.add_argument("--data", default="fixed,varied")
+    p.add_argument("--grpo-steps", type=int, default=3, help="GRPO trainer steps per precision (0: none)")
+    p.add_argument("--grpo-rollouts", type=int, default=128, help="rollouts per GRPO step (16 groups of 8)")
+    p.add_argument("--grpo-prompt", type=int, default=64, help="prompt tokens per rollout")
+    p.add_argument("--grpo-completion", type=int, default=256, help="completion tokens per rollout")
+    p.add_argument("--grpo-micro-batch", type=int, default=16)
     p.add_argument("--json", type=Path, help="also write every result (curves included) here")
     cfg = p.parse_args(argv)
     if not 1 <= cfg.warmup < cfg.steps:
@@ -215,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(results), flush=True)
     if cfg.json:
         cfg.json.write_text(json.dumps(results, indent=1))
+    if cfg.grpo_steps:
+        rl = [run_grpo(precision, folder, cfg) for precision in ("float32", "bf16-mixed")]
+        print(grpo_report(rl), flush=True)
     return 0
 
 
