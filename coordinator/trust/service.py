@@ -34,11 +34,10 @@ from coordinator.trust.models import (
     WorkerTrust,
 )
 from coordinator.trust.policy import check_probability, drawn
-from coordinator.trust.schemas import TrustOut, ValidationOut, WorkerState
 from coordinator.workers import service as workers
 from coordinator.workers.models import Worker
 from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec, Scope
-from shared.trust_types import Outcome
+from shared.trust_types import Outcome, TrustOut, ValidationOut, WorkerState
 
 RECENT = 20  # validations listed on a worker's record
 
