@@ -18,6 +18,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coordinator import errors
 from coordinator.campaigns.endpoints import router as campaigns_router
 from coordinator.config import Settings
+from coordinator.credit.endpoints import router as credit_router
 from coordinator.datasets.endpoints import router as datasets_router
 from coordinator.db import migrate, read_transaction, transaction
 from coordinator.deps import (
@@ -65,6 +67,8 @@ from shared.protocol import (
 
 log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
+STATIC = Path(__file__).resolve().parent / "static"  # the dashboard's script, styles and chart library
+CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
 # Statuses any API call may be answered with, whatever the route (the middleware and the request
@@ -278,8 +282,11 @@ def _meta_router(metrics: Metrics) -> APIRouter:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def dashboard() -> str:
-        return DASHBOARD.read_text(encoding="utf-8")
+    @router.get("/leaderboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        # Volunteers name themselves: the page sets names as text, and the policy keeps any script
+        # or style but the coordinator's own files from running should one ever slip through.
+        return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"), headers={"Content-Security-Policy": CSP})
 
     return router
 
@@ -327,11 +334,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             datasets_router,
             trust_router,
             pipeline_router,
+            credit_router,
         )
     ]
     routers.append(("", _meta_router(metrics)))
     for prefix, router in routers:
         app.include_router(router, prefix=prefix, responses=COMMON_ERRORS)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_middleware(app, settings, metrics, _public_paths(routers))
     return app
 

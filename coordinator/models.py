@@ -1,6 +1,7 @@
 """Every table, imported in one place for Alembic and for metadata-wide operations."""
 
 from coordinator.campaigns.models import Campaign
+from coordinator.credit.models import CreditGrant, Team, TeamMember
 from coordinator.db import Base
 from coordinator.jobs.models import Job
 from coordinator.pipeline.models import Artifact, JobOutput, PipelineJob, PolicyVersion, RolloutGroup
@@ -13,6 +14,7 @@ __all__ = [
     "Artifact",
     "Base",
     "Campaign",
+    "CreditGrant",
     "Job",
     "JobOutput",
     "PipelineJob",
@@ -20,6 +22,8 @@ __all__ = [
     "Problem",
     "ProblemSet",
     "RolloutGroup",
+    "Team",
+    "TeamMember",
     "Trace",
     "Validation",
     "Worker",

@@ -30,6 +30,11 @@ ARTIFACT_MODEL_PREFIX = "flywheel-artifact/"  # + sha256: weights a pipeline job
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+# A public name: no control characters, no leading or trailing space.
+_SHOWN, _SHOWN_NOT_SPACE = r"[^\x00-\x1f\x7f]", r"[^\s\x00-\x1f\x7f]"
+TeamName = Annotated[
+    str, Field(min_length=1, max_length=48, pattern=f"^{_SHOWN_NOT_SPACE}(?:{_SHOWN}*{_SHOWN_NOT_SPACE})?$")
+]
 # A path under the coordinator's base URL: "/"-separated segments of URL-safe characters, none
 # starting with "." (so no "..") and none empty, so it can never name another host.
 RelativePath = Annotated[
@@ -90,6 +95,8 @@ class RegisterRequest(Wire):
     models: list[Name] = Field(default_factory=list, max_length=64)
     # Needed only where the coordinator's registration mode is `invite`.
     invite_code: str | None = Field(default=None, max_length=256)
+    # A team to join (created if no team has the name, case aside): its credit is its members' sum.
+    team: TeamName | None = None
 
 
 class RegisterResponse(Wire):
@@ -97,6 +104,18 @@ class RegisterResponse(Wire):
     token: str
     scope: Scope
     protocol_version: int = PROTOCOL_VERSION
+
+
+class CreditOut(Wire):
+    """The calling worker's credit (docs/credit.md): 1 credit = 1 TFLOP of accepted generation."""
+
+    name: str
+    team: str | None
+    credit: float
+    credit_7d: float = Field(description="credit of grants made in the last 7 days")
+    tokens: int = Field(description="completion tokens of the credited traces")
+    tokens_7d: int
+    rank: int | None = Field(description="place on the all-time leaderboard, None without credit")
 
 
 class ServerInfo(Wire):
@@ -474,4 +493,5 @@ class Routes:
     workers = "/workers"
     tokens = "/tokens"
     stats = "/stats"
+    credit = "/credit"  # the caller's own; /credit/leaderboard: everyone's (public)
     datasets = "/datasets"

@@ -29,6 +29,7 @@ log = logging.getLogger("flywheel.worker")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 STALE_S = 10.0  # a daemon.json older than this belongs to a daemon that is gone
+TEAM_RULE = "a team name is 1-48 characters, no control characters, no leading or trailing space"
 
 
 def _batch_size(value: str) -> int | str:
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--invite-code", help="invite code from the coordinator's operator (coordinators in invite mode)"
     )
+    register.add_argument("--team", help="team to join on the leaderboard (created if no team has the name)")
     for name, text in (
         ("pause", "pause the running daemon (it gives its leases back; survives restarts)"),
         ("resume", "resume a paused daemon"),
@@ -214,20 +216,28 @@ def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, control
         engine.close()
 
 
-def register(config: WorkerConfig, invite_code: str | None = None) -> int:
+def register(config: WorkerConfig, invite_code: str | None = None, team: str | None = None) -> int:
+    from pydantic import ValidationError
+
     from shared.protocol import EngineInfo, RegisterRequest
     from worker.client import CoordinatorClient
     from worker.hardware import detect_hardware
 
     configure_logging(config.log_level)
     engine = EngineInfo(name=config.engine)
-    request = RegisterRequest(
-        name=config.name,
-        engine=engine,
-        hardware=detect_hardware(),
-        models=[config.model],
-        invite_code=invite_code,
-    )
+    try:
+        request = RegisterRequest(
+            name=config.name,
+            engine=engine,
+            hardware=detect_hardware(),
+            models=[config.model],
+            invite_code=invite_code,
+            team=team,
+        )
+    except ValidationError as exc:
+        if not any(e["loc"][:1] == ("team",) for e in exc.errors()):
+            raise
+        raise ConfigError(f"cannot register: --team {team!r}: {TEAM_RULE}") from exc
     timeout = config.request_timeout_s
     with CoordinatorClient(config.coordinator, retry=config.retry, timeout_s=timeout) as client:
         client.check_protocol()
@@ -269,15 +279,21 @@ def set_paused(state_dir: Path, paused: bool) -> int:
     return 0
 
 
-def show_status(state_dir: Path, as_json: bool) -> int:
+def show_status(state_dir: Path, as_json: bool, flags: Mapping[str, Any] | None = None) -> int:
+    """The daemon's last status, and (where its configuration names a token) its credit as the
+    coordinator counts it."""
+    from worker.credit import fetch_credit, render_credit
     from worker.progress import render_status
     from worker.state import StateStore, read_status
 
     status = read_status(state_dir)
     daemon = running_daemon(state_dir)
     paused = StateStore(state_dir).read().paused
+    credit = fetch_credit(flags or {"state_dir": state_dir})
     if as_json:
-        print(json.dumps({"running": daemon is not None, "paused": paused, "status": status}, indent=2))
+        credit_json = credit if isinstance(credit, str) else credit.model_dump(mode="json")
+        body = {"running": daemon is not None, "paused": paused, "status": status, "credit": credit_json}
+        print(json.dumps(body, indent=2))
         return 0 if daemon is not None else 3
     if status is None:
         print(f"no worker has run with state directory {state_dir}")
@@ -288,14 +304,16 @@ def show_status(state_dir: Path, as_json: bool) -> int:
     title += f" (pid {status['pid']})" if daemon is not None else " - not running; last known state"
     if paused:
         title += " - PAUSED"
-    Console().print(render_status(status, title=title))
+    console = Console()
+    console.print(render_status(status, title=title))
+    console.print(render_credit(credit))
     return 0 if daemon is not None else 3
 
 
 def control(command: str, args: Mapping[str, Any]) -> int:
     state_dir = control_state_dir(args)
     if command == "status":
-        return show_status(state_dir, bool(args.get("json")))
+        return show_status(state_dir, bool(args.get("json")), args)
     return set_paused(state_dir, paused=command == "pause")
 
 
@@ -305,9 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command in {"pause", "resume", "status"}:
             return control(command, args)
-        invite_code = args.pop("invite_code", None)
+        invite_code, team = args.pop("invite_code", None), args.pop("team", None)
         config = load_config(args)
-        return run(config) if command == "run" else register(config, invite_code)
+        return run(config) if command == "run" else register(config, invite_code, team)
     except ConfigError as exc:
         print(f"flywheel worker: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,6 +22,7 @@ from shared.protocol import (
     API_PREFIX,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    CreditOut,
     ErrorBody,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -187,6 +188,10 @@ class CoordinatorClient:
 
     def register(self, request: RegisterRequest) -> RegisterResponse:
         return self._call("POST", Routes.register, request, RegisterResponse)
+
+    def credit(self) -> CreditOut:
+        """This worker's credit and place on the leaderboard."""
+        return self._call("GET", Routes.credit, None, CreditOut)
 
     def lease(self, request: LeaseRequest) -> LeaseGrant:
         return self._call("POST", Routes.lease, request, LeaseGrant)

@@ -25,6 +25,11 @@ def vocab_size(name: str, revision: str | None = None) -> int | None:
     return found
 
 
+def local_config(name: str, revision: str | None = None) -> Path | None:
+    """The config.json of a model where this machine holds it (see `vocab_size`), or None."""
+    return _local_config(resolve_model(name), revision)
+
+
 def _local_config(path: str, revision: str | None) -> Path | None:
     folder = Path(path)
     if (folder / "config.json").is_file():

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
+from coordinator.credit import repository as credit
 from coordinator.db import one_of, utcnow
 from coordinator.jobs.models import Job
 from coordinator.results.models import PENDING, Trace
@@ -102,6 +103,7 @@ def taint(
         .values(withdrawn=True)
     )
     session.execute(update(TRACES).where(*scope, t.validation.in_(unvouched)).values(validation=RECHECK))
+    credit.revoke(session, enqueue)  # only skipped traces among them were usable, hence credited
     return enqueue
 
 
@@ -114,6 +116,7 @@ def queue_all(session: Session, worker_id: uuid.UUID) -> list[uuid.UUID]:
         session.execute(
             update(TRACES).where(one_of(session, t.id, ids)).values(withdrawn=True, validation=RECHECK)
         )
+    credit.revoke(session, ids)
     return ids
 
 

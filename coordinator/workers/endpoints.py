@@ -4,6 +4,7 @@ import uuid
 
 from fastapi import APIRouter
 
+from coordinator.credit import service as credit
 from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
 from coordinator.workers import service
 from coordinator.workers.models import Worker
@@ -30,6 +31,7 @@ router = APIRouter(tags=["workers"])
 def register(body: RegisterRequest, session: SessionDep, rt: RuntimeDep) -> RegisterResponse:
     service.check_registration(rt.settings, body.invite_code)
     worker, token = service.create(session, body.name, Scope.volunteer, body)
+    credit.join_team(session, worker.id, body.team)
     service.remember(token, worker, rt.settings.auth_cache_s)
     return RegisterResponse(worker_id=worker.id, token=token, scope=Scope.volunteer)
 
