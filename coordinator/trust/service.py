@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from coordinator.credit import service as credit
 from coordinator.errors import FlywheelError, NotFound
 from coordinator.jobs import service as jobs_service
 from coordinator.pipeline import service as pipeline
@@ -75,6 +76,7 @@ def skip(session: Session, trace_id: uuid.UUID, lock: bool) -> None:
         trace.validation = SKIPPED
         if trace.verifiable:
             workers.credit_usable(session, trace.worker_id)
+        credit.grant(session, trace)
 
 
 def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: bool) -> bool:
@@ -99,6 +101,7 @@ def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: boo
     trace.validation = SKIPPED
     record.skipped += 1
     workers.credit_usable(session, trace.worker_id)
+    credit.grant(session, trace)
     return False
 
 
@@ -224,6 +227,7 @@ def _passed(session: Session, trace: Trace, record: WorkerTrust, purpose: str) -
     trace.withdrawn = False
     record.passed += 1
     workers.credit_usable(session, trace.worker_id)
+    credit.grant(session, trace)
     if purpose == SPOT_CHECK and not record.quarantined:
         record.trust += 1
         if record.vouched_until is None or trace.created_at > record.vouched_until:
@@ -235,6 +239,7 @@ def _return(session: Session, trace: Trace) -> None:
     evidence, and its job goes back to the pool, so the sample is still produced by someone."""
     trace.returned = True
     jobs_service.reopen(session, [trace.job_id])
+    credit.revoke(session, [trace.id])
 
 
 def _failed(session: Session, trace: Trace, record: WorkerTrust, outcome: Outcome) -> list[uuid.UUID]:
