@@ -191,6 +191,28 @@ class PolicyList(Wire):
     policies: list[PolicyRef] = Field(default_factory=list, max_length=256)
 
 
+class WaitingModel(Wire):
+    """A model with jobs waiting: what a worker that picks its own work chooses from. The sizes
+    are the coordinator's estimate from the model's config where it holds one, else None."""
+
+    name: Name
+    revision: str | None = Field(default=None, max_length=128)
+    queued_jobs: int = Field(ge=0, description="jobs a lease could take now, of running campaigns")
+    parameters: int | None = Field(default=None, ge=0, description="estimated from the config")
+    size_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_ARTIFACT_BYTES, description="of the weights, as stored"
+    )
+    base_model: Name | None = Field(
+        default=None, description="a policy version (flywheel-artifact/<sha256>): the model it is built on"
+    )
+
+
+class WaitingModels(Wire):
+    """Models with jobs waiting now, most jobs first."""
+
+    models: list[WaitingModel] = Field(default_factory=list, max_length=256)
+
+
 class JobSpec(Wire):
     """One generation job: one problem, one sample index, within a campaign.
 
@@ -488,6 +510,7 @@ class Routes:
     submit = "/results"
     artifacts = "/pipeline/artifacts"  # + /<sha256>: bytes (Range), + /<sha256>/info: the record
     policies = "/pipeline/policies"
+    waiting_models = "/models/waiting"
     problem_sets = "/problem-sets"
     campaigns = "/campaigns"
     workers = "/workers"

@@ -43,7 +43,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", help="coordinator base URL, e.g. https://flywheel.example.org")
     parser.add_argument("--name", help="worker name shown on the leaderboard (default: host name)")
     parser.add_argument("--engine", choices=["transformers", "vllm", "openai"], help="default: transformers")
-    parser.add_argument("--model", help="model to serve (default: the bundled flywheel/tiny-arith)")
+    parser.add_argument(
+        "--model",
+        help="model to serve (default: one the coordinator has jobs for that fits this machine, "
+        "switching when its jobs run out; see docs/worker.md)",
+    )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -200,6 +204,27 @@ def _check_coordinator(config: WorkerConfig, client: Any) -> None:
 
 
 def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, controls: Any, stop: Any) -> int:
+    """Serve --model; without one, the models the coordinator has jobs for, one after another."""
+    from worker.hardware import detect_hardware
+    from worker.picker import Chooser, ModelPicker, serve_chosen, serves_chosen
+    from worker.progress import KeptOpen
+
+    if not serves_chosen(config):
+        return _serve_model(config, client, spool, progress, controls, stop, None)
+    picker = ModelPicker(client, config, detect_hardware(use_torch=config.device != "cpu"))
+    chooser = Chooser(picker, config.poll_interval_s)
+    kept = KeptOpen(progress)  # one display across the models served
+    try:
+        serve = lambda chosen: _serve_model(chosen, client, spool, kept, controls, stop, chooser)  # noqa: E731
+        return serve_chosen(chooser, config, stop, serve)
+    finally:
+        kept.finish()
+
+
+def _serve_model(
+    config: WorkerConfig, client: Any, spool: Any, progress: Any, controls: Any, stop: Any, chooser: Any
+) -> int:
+    """One daemon run on `config.model`: load the engine, work, give the engine back."""
     from worker.hardware import detect_hardware
     from worker.loop import Worker
     from worker.rollouts import start_serving
@@ -210,7 +235,7 @@ def _serve(config: WorkerConfig, client: Any, spool: Any, progress: Any, control
         raise EngineError(f"cannot start: {exc.message}") from exc
     try:
         hardware = detect_hardware(use_torch=engine.info.device.startswith("cuda"))
-        worker = Worker(config, client, engine, spool, progress, hardware, stop, controls, policies)
+        worker = Worker(config, client, engine, spool, progress, hardware, stop, controls, policies, chooser)
         return worker.run()
     finally:
         engine.close()

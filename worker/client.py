@@ -37,6 +37,7 @@ from shared.protocol import (
     ServerInfo,
     SubmitRequest,
     SubmitResponse,
+    WaitingModels,
 )
 from worker.config import RetryPolicy
 from worker.errors import (
@@ -226,6 +227,11 @@ class CoordinatorClient:
         """Policy versions with rollout jobs waiting, newest first (those built on `base_model`)."""
         query = ("?" + urllib.parse.urlencode({"base_model": base_model})) if base_model else ""
         return self._call("GET", Routes.policies + query, None, PolicyList)
+
+    def waiting_models(self, dtype: str | None = None) -> WaitingModels:
+        """Models with jobs waiting (of campaigns that take work computed in `dtype`), most first."""
+        query = ("?" + urllib.parse.urlencode({"dtype": dtype})) if dtype else ""
+        return self._call("GET", Routes.waiting_models + query, None, WaitingModels)
 
     def artifact_info(self, sha256: str, out: type[Model]) -> Model:
         """The coordinator's record of an artifact, read into `out` (fields it does not name are ignored)."""

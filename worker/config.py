@@ -75,6 +75,8 @@ class WorkerConfig(BaseModel):
     name: str = Field(default_factory=default_name, min_length=1, max_length=MAX_NAME)
     engine: EngineName = "transformers"
     model: str = Field(default=TINY_MODEL_NAME, min_length=1, max_length=MAX_NAME)
+    # No model named anywhere (flag, environment, file): pick one with jobs waiting (worker/picker.py).
+    choose_model: bool = False
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | Literal["auto"] = "auto"
@@ -207,6 +209,7 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     from_env.pop("retry", None)
     values.update(from_env)
     values.update({k: v for k, v in flags.items() if v is not None})
+    values.setdefault("choose_model", "model" not in values)
     try:
         return WorkerConfig.model_validate(values)
     except ValidationError as exc:

@@ -27,6 +27,7 @@ from worker.controls import Controls
 from worker.engines.base import Engine
 from worker.errors import WorkerError
 from worker.leases import Heartbeat, JobQueue, LeaseBook, Queued, give_back
+from worker.picker import Chooser, fixed_choice
 from worker.prefetch import LeasePolicy, Prefetcher
 from worker.progress import Progress, Stats
 from worker.rollouts import PolicyWatcher
@@ -104,9 +105,11 @@ class Worker:
         stop: threading.Event,
         controls: Controls | None = None,
         policies: PolicyWatcher | None = None,
+        chooser: Chooser | None = None,
     ) -> None:
         self.config, self.client, self.engine, self.spool = config, client, engine, spool
         self.progress, self.stop, self.policies = progress, stop, policies
+        self.chooser = chooser  # set when the worker picked its model and may switch (worker/picker.py)
         config.state_path.mkdir(parents=True, exist_ok=True)  # for daemon.json, with --spool elsewhere
         self.controls = controls or Controls(
             StateStore(config.state_path), config.parsed_schedule, config.max_jobs_per_day
@@ -134,6 +137,7 @@ class Worker:
         c = self.config
         return {"pid": os.getpid(), "name": c.name, "coordinator": c.coordinator, "model": c.model,
                 "engine": self.engine.info.name, "device": self.engine.info.device,
+                "choice": (self.chooser.choice if self.chooser else fixed_choice(c)).status(),
                 "updated": time.time()}  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,6 +149,7 @@ class Worker:
         self.stats.work_started_at = time.time()
         if self.policies is not None:
             self.policies.start()  # first, so the first lease request can name what is cached
+        self.reporter.report()  # the status names the model from its load on, not a second later
         for part in (self.heartbeat, self.submitter, self.prefetcher, self.reporter):
             part.start()
         try:
@@ -215,10 +220,22 @@ class Worker:
             return True
         empty = self.prefetcher.empty_since
         self._set_status(self.controls.lease_block() or ("idle" if empty is not None else "leasing"))
+        if empty is not None and self._drained_and_switching():
+            return True
         limit = self.config.exit_when_idle
         if limit is None or empty is None:
             return False
         return time.monotonic() - max(empty, self._last_batch_end) >= limit
+
+    def _drained_and_switching(self) -> bool:
+        """A worker that picked its model stops once nothing of it is left here and the chooser
+        names another; its shutdown gives back what the prefetcher leased meanwhile."""
+        if self.chooser is None or len(self.queue) or self.generating:
+            return False
+        if not self.chooser.switch(self.config.model):
+            return False
+        self._set_status("switching model")
+        return True
 
     def _should_stop(self) -> bool:
         return self.stop.is_set() or self.controls.generation_block() is not None

@@ -109,11 +109,20 @@ def _schedule(snapshot: dict[str, Any]) -> str:
     return text + (f" (changes at {change})" if change else "")
 
 
+def _model(snapshot: dict[str, Any]) -> str:
+    """The model served and why (daemon.json's "choice", see worker/picker.py)."""
+    choice = snapshot.get("choice") or {}
+    model = snapshot.get("model") or choice.get("model") or "none yet"
+    how = "chosen" if choice.get("mode") == "auto" else "fixed"
+    return f"{model} ({how}: {choice['reason']})" if choice.get("reason") else str(model)
+
+
 def status_rows(snapshot: dict[str, Any]) -> list[tuple[str, str]]:
     """The status view's rows, from a `Stats.snapshot()` (live, or read from daemon.json)."""
     s = snapshot
     return [
         ("status", str(s.get("status", "?"))),
+        ("model", _model(s)),
         ("current jobs", _jobs(s)),
         (
             "throughput",
@@ -209,6 +218,26 @@ class RichProgress:
     def close(self, stats: Stats) -> None:
         self.update(stats)
         self._live.stop()
+
+
+class KeptOpen:
+    """A display shared by the daemon runs of several models: each run's end only redraws it;
+    `finish` closes it once the last run is over."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.last: Stats | None = None
+
+    def update(self, stats: Stats) -> None:
+        self.inner.update(stats)
+
+    def close(self, stats: Stats) -> None:
+        self.inner.update(stats)
+        self.last = stats
+
+    def finish(self) -> None:
+        if self.last is not None:
+            self.inner.close(self.last)
 
 
 def make_progress(kind: str) -> Progress:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from coordinator.db import transaction
-from coordinator.deps import FastJSONRoute, RuntimeDep, VolunteerDep, wire
+from coordinator.deps import FastJSONRoute, PrincipalDep, RuntimeDep, VolunteerDep, wire
 from coordinator.jobs import service
 from shared.protocol import (
     HeartbeatRequest,
@@ -13,6 +15,7 @@ from shared.protocol import (
     ReleaseRequest,
     ReleaseResponse,
     Routes,
+    WaitingModels,
 )
 
 router = APIRouter(tags=["jobs"], route_class=FastJSONRoute)
@@ -40,3 +43,16 @@ def heartbeat(body: HeartbeatRequest, who: VolunteerDep, rt: RuntimeDep) -> Hear
 def release(body: ReleaseRequest, who: VolunteerDep, rt: RuntimeDep) -> ReleaseResponse:
     with transaction(rt.sessions) as session:
         return service.release(session, who, body)
+
+
+@router.get(Routes.waiting_models, response_model=WaitingModels)
+def waiting_models(
+    rt: RuntimeDep,
+    _: PrincipalDep,
+    dtype: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+) -> WaitingModels:
+    """Models with jobs waiting, most jobs first, sized where the coordinator holds their config:
+    what a worker started without --model chooses from. `dtype`: only campaigns that take work
+    computed in it (as a lease naming it would)."""
+    with transaction(rt.sessions) as session:
+        return service.waiting_models(session, dtype)

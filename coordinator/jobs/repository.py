@@ -78,6 +78,27 @@ def claim(
     return session.execute(query).all()
 
 
+def waiting_by_model(session: Session, dtype: str | None, now: datetime, limit: int) -> Sequence[JobRow]:
+    """(model_name, model_revision, queued) over running campaigns, most jobs first: the jobs a
+    lease could take now (`claim`'s rule), of campaigns that take work computed in `dtype` when
+    one is given."""
+    j, c = JOBS.c, CAMPAIGNS.c
+    leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))
+    queued = func.count().label("queued")
+    query = (
+        select(c.model_name, c.model_revision, queued)
+        .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id))
+        .where(c.status == "running", leasable)
+        .group_by(c.model_name, c.model_revision)
+        .order_by(queued.desc(), c.model_name)
+        .limit(limit)
+    )
+    if dtype:
+        takes = c.worker_dtypes.contains(f",{dtype},", autoescape=True)
+        query = query.where(or_(c.worker_dtypes.is_(None), takes))
+    return session.execute(query).all()
+
+
 def spec_parts(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobRow]:
     """job id -> what its job spec needs from its problem and campaign (primary-key lookups)."""
     j, c, p = JOBS.c, CAMPAIGNS.c, PROBLEMS.c

@@ -13,6 +13,7 @@ from coordinator.db import utcnow
 from coordinator.jobs import repository
 from coordinator.pipeline import rl
 from coordinator.workers import service as workers
+from shared.model_size import ModelSize, local_size
 from shared.protocol import (
     ARTIFACT_MODEL_PREFIX,
     BudgetForcing,
@@ -29,7 +30,12 @@ from shared.protocol import (
     ReleaseResponse,
     RolloutGroupRef,
     SamplingParams,
+    WaitingModel,
+    WaitingModels,
 )
+
+MAX_WAITING_MODELS = 256  # WaitingModels.models' bound: far more models than campaigns run at once
+_SIZES: dict[tuple[str, str | None], ModelSize] = {}
 
 
 def lease(
@@ -124,3 +130,40 @@ def reopen(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
 def release(session: Session, principal: workers.Principal, request: ReleaseRequest) -> ReleaseResponse:
     """A worker gives back leases it will not finish (shutting down, pausing)."""
     return ReleaseResponse(released=repository.release_held(session, principal.worker_id, request.lease_ids))
+
+
+def waiting_models(session: Session, dtype: str | None) -> WaitingModels:
+    """The models with jobs a lease could take now, most jobs first, with their sizes where this
+    machine holds their config: what a worker that picks its own work chooses from. A policy version
+    is sized by its weights file and the base model it is built on (`rl.live_policies`)."""
+    rows = repository.waiting_by_model(session, dtype, utcnow(), MAX_WAITING_MODELS)
+    policies: dict[str, PolicyRef] = {}
+    if any(row.model_name.startswith(ARTIFACT_MODEL_PREFIX) for row in rows):
+        policies = {ref.model_name: ref for ref in rl.live_policies(session, None).policies}
+    return WaitingModels(models=[_waiting(row, policies.get(row.model_name)) for row in rows])
+
+
+def _waiting(row: repository.JobRow, policy: PolicyRef | None) -> WaitingModel:
+    base = policy.base_model if policy is not None else None
+    size = _size(base, None) if base is not None else _size(row.model_name, row.model_revision)
+    return WaitingModel(
+        name=row.model_name,
+        revision=row.model_revision,
+        queued_jobs=row.queued,
+        parameters=size.parameters,
+        size_bytes=policy.size_bytes if policy is not None else size.size_bytes,
+        base_model=base,
+    )
+
+
+def _size(name: str, revision: str | None) -> ModelSize:
+    """A model's size from its config on this machine; found sizes are kept for the process's life,
+    a model not found is looked for again next time (it may be downloaded meanwhile)."""
+    key = (name, revision)
+    found = _SIZES.get(key)
+    if found is None:
+        found = local_size(name, revision)
+        if found is None:
+            return ModelSize(None, None)
+        _SIZES[key] = found
+    return found

@@ -219,6 +219,11 @@ def test_grpo_run_publishes_versions_from_volunteer_rollouts(api: Api) -> None:
     listed = api.client.get("/v1/pipeline/policies", params=query, headers=volunteer)
     ref = {k: v0[k] for k in ("version", "sha256", "base_model", "size_bytes", "url")}
     assert listed.json() == {"policies": [ref]}
+    # workers that pick their own work see the version's rollouts, sized by its weights and its base
+    [rollouts] = api.client.get("/v1/models/waiting", headers=volunteer).json()["models"]
+    assert rollouts["name"] == v0["model"] and rollouts["base_model"] == TINY_MODEL_NAME
+    assert rollouts["queued_jobs"] == 4 and rollouts["size_bytes"] == v0["size_bytes"]
+    assert rollouts["parameters"] > 0
     jobs = lease_all(api, volunteer, [v0["model"]])
     assert len(jobs) == 4 and {j["spec"]["samples_per_problem"] for j in jobs} == {2}
     assert all(j["spec"]["policy"] == ref for j in jobs)
