@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ml.sampling import raw_logprobs
+from shared import vllm_gumbel
 from shared.budget import NO_IDS, BudgetState, BudgetTokens
-from shared.protocol import BudgetForcing, SamplingParams
+from shared.protocol import NOISE_FLYWHEEL, NOISE_VLLM_GUMBEL, BudgetForcing, NoiseScheme, SamplingParams
 from shared.sampling import GUMBEL_MAX, allowed_floor, gumbel_at, noise_keys
 from shared.trust_types import Outcome
 
@@ -52,6 +53,14 @@ class JobRules:
     stops: frozenset[int]
     budget: BudgetForcing | None = None
     budget_tokens: BudgetTokens | None = None
+    # The worker's noise scheme (its EngineInfo.noise; None: Flywheel's own), and the prompt's
+    # token count, which vLLM's noise counter starts from.
+    noise: NoiseScheme | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def scheme(self) -> NoiseScheme:
+        return self.noise or NOISE_FLYWHEEL
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,10 @@ class _Scores:
 
 @dataclass
 class _Rows:
-    """Sampled rows to score together, from one or many traces."""
+    """Sampled rows to score together, from one or many traces of one noise scheme."""
 
+    scheme: NoiseScheme = NOISE_FLYWHEEL
+    prompt_tokens: list[int] = field(default_factory=list)
     sampling: list[SamplingParams] = field(default_factory=list)
     sample_indices: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
@@ -122,6 +133,7 @@ class _Rows:
     eps: list[float] = field(default_factory=list)
 
     def add(self, rules: JobRules, position: int, token: int, suppress: frozenset[int], eps: float) -> None:
+        self.prompt_tokens.append(rules.prompt_tokens)
         self.sampling.append(rules.sampling)
         self.sample_indices.append(rules.sample_index)
         self.positions.append(position)
@@ -139,6 +151,7 @@ class _Rows:
     ) -> None:
         """Many positions of one trace at once (list extends, not a call per position)."""
         n = len(positions)
+        self.prompt_tokens.extend([rules.prompt_tokens] * n)
         self.sampling.extend([rules.sampling] * n)
         self.sample_indices.extend([rules.sample_index] * n)
         self.positions.extend(positions)
@@ -226,7 +239,7 @@ def _was_early_end(case: Case, p: int, watch: frozenset[int], wait_start: int) -
     reading then shows up as a failure at the next positions."""
     import torch
 
-    rows = _Rows()
+    rows = _Rows(case.rules.scheme)
     rows.add(case.rules, p, wait_start, frozenset(), case.eps)
     block = _Block(case.logits[p : p + 1], rows)
     as_sampled = _score_block(block).margin[0]
@@ -271,11 +284,19 @@ def _forced_scores(case: Case, plan: _Plan, scores: _Scores) -> None:
 
 
 def _sampled_scores(cases: Sequence[Case], plans: Sequence[_Plan | Outcome], scores: list[_Scores]) -> None:
-    """Score every sampled row of every case, whole cases at a time, about a chunk's elements per pass."""
+    """Score every sampled row of every case, whole cases at a time, about a chunk's elements per
+    pass; cases of each noise scheme apart."""
+    for scheme in (NOISE_FLYWHEEL, NOISE_VLLM_GUMBEL):
+        _scheme_scores(cases, plans, scores, scheme)
+
+
+def _scheme_scores(
+    cases: Sequence[Case], plans: Sequence[_Plan | Outcome], scores: list[_Scores], scheme: NoiseScheme
+) -> None:
     batch: list[tuple[int, list[int]]] = []
     size = 0
     for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
-        if not isinstance(plan, _Plan):
+        if not isinstance(plan, _Plan) or case.rules.scheme != scheme:
             continue
         n = len(case.claim.tokens)
         rows = [p for p in range(n) if p not in plan.forced] if plan.forced else list(range(n))
@@ -302,7 +323,7 @@ def _score_batch(
 ) -> None:
     import torch
 
-    rows, parts = _Rows(), []
+    rows, parts = _Rows(cases[batch[0][0]].rules.scheme), []
     for i, positions in batch:
         case, plan = cases[i], plans[i]
         assert isinstance(plan, _Plan)
@@ -354,28 +375,38 @@ class _Block:
     """Rows to score. Full-vocabulary passes read the logits in float32 (`raw`, suppressed ids at
     -inf); every value a verdict depends on is recomputed in float64 from the float32 logit it
     comes from (z = logit / T, exactly what the worker's sampler computes), only where it is needed:
-    the claimed token, the candidates, the sorted prefix. Greedy rows have T = 1 and no noise."""
+    the claimed token, the candidates, the sorted prefix. Greedy rows have T = 1 and no noise.
+    Under vLLM's scheme z is its float32 quotient, T its float32 temperature, and the noise its own
+    (shared/vllm_gumbel.py)."""
 
     def __init__(self, logits: Any, rows: _Rows) -> None:
         import torch
 
         self.rows = rows
         self.device = logits.device
+        self.vllm = rows.scheme == NOISE_VLLM_GUMBEL
+        self.gumbel_max = vllm_gumbel.GUMBEL_MAX if self.vllm else GUMBEL_MAX
         ops = {"dtype": torch.float64, "device": self.device}
-        self.temps = torch.tensor([s.temperature or 1.0 for s in rows.sampling], **ops)[:, None]
+        temps = [s.temperature or 1.0 for s in rows.sampling]
+        if self.vllm:  # vLLM holds temperatures in float32
+            single = torch.tensor(temps, dtype=torch.float32, device=self.device)
+            self.temps = single.to(torch.float64)[:, None]
+        else:
+            self.temps = torch.tensor(temps, **ops)[:, None]
         self.stochastic = torch.tensor([float(s.temperature > 0.0) for s in rows.sampling], **ops)[:, None]
         self.eps = torch.tensor(rows.eps, **ops)[:, None]
         self.raw = _masked(logits, rows.suppress)
         self.scaled = self.raw / self.temps.to(torch.float32)  # z in float32, for the full-row sums
         self.on = [k for k, s in enumerate(rows.sampling) if s.temperature > 0 and _filters(s)]
         self.strict_floor, self.loose_floor, self.prefix = _floors(self)
-        seeds = [s.seed for s in rows.sampling]
-        self.keys = noise_keys(torch, self.temps, seeds, rows.sample_indices, rows.positions)
+        self.keys = _keys(self)
 
     def z(self, index: Any = None) -> Any:
         """float64 z of whole rows (all, or those in `index`)."""
         import torch
 
+        if self.vllm:
+            return (self.scaled if index is None else self.scaled[index]).to(torch.float64)
         if index is None:
             return self.raw.to(torch.float64) / self.temps
         return self.raw[index].to(torch.float64) / self.temps[index]
@@ -384,7 +415,17 @@ class _Block:
         """float64 z at (row, token) pairs: arrays of equal shape."""
         import torch
 
+        if self.vllm:
+            return self.scaled[rows, token_ids].to(torch.float64)
         return self.raw[rows, token_ids].to(torch.float64) / self.temps[rows, 0]
+
+    def sorted_z(self, index: Any, top_k: int) -> Any:
+        """The largest values of z of the rows in `index`, in descending order (see _sorted_prefix)."""
+        import torch
+
+        if self.vllm:
+            return _sorted_prefix(self.scaled[index], top_k).to(torch.float64)
+        return _sorted_prefix(self.raw[index], top_k).to(torch.float64) / self.temps[index]
 
     def noise_at(self, token_ids: Any, rows: Any = None) -> Any:
         """G at `token_ids` for each row (or for the rows `rows` names, one per id); 0 on greedy rows."""
@@ -393,7 +434,29 @@ class _Block:
         k1, k2, on = self.keys[0][:, None], self.keys[1][:, None], self.stochastic
         if rows is not None:
             k1, k2, on = k1[rows, 0], k2[rows, 0], on[rows, 0]
+        if self.vllm:
+            return vllm_gumbel.gumbel_at(torch, k1, k2, token_ids) * on
         return gumbel_at(torch, k1, k2, token_ids) * on
+
+
+def _keys(block: _Block) -> Any:
+    """The noise's row keys, [2, rows] int64: Flywheel's from (job seed, sample index, completion
+    position); vLLM's from (request seed, position in the whole sequence)."""
+    import torch
+
+    rows = block.rows
+    seeds = [s.seed for s in rows.sampling]
+    if not block.vllm:
+        return noise_keys(torch, block.temps, seeds, rows.sample_indices, rows.positions)
+    requests: dict[tuple[int, int], int] = {}  # rows of one trace share one request seed
+    for pair in zip(seeds, rows.sample_indices, strict=True):
+        if pair not in requests:
+            requests[pair] = vllm_gumbel.request_seed(*pair)
+    request_seeds = [requests[pair] for pair in zip(seeds, rows.sample_indices, strict=True)]
+    positions = [
+        vllm_gumbel.noise_position(n, p) for n, p in zip(rows.prompt_tokens, rows.positions, strict=True)
+    ]
+    return vllm_gumbel.noise_keys(torch, block.temps, request_seeds, positions)
 
 
 def _filters(sampling: SamplingParams) -> bool:
@@ -443,7 +506,7 @@ def _floors(block: _Block) -> tuple[Any, Any, Any]:
         wide.append(pair[0])
         narrow.append(pair[1])
     sub = block.raw[index]
-    ordered = _sorted_prefix(sub, max(s.top_k for s in wide)).to(torch.float64) / block.temps[index]
+    ordered = block.sorted_z(index, max(s.top_k for s in wide))
     total = None
     if ordered.shape[-1] < sub.shape[-1]:  # the whole row's mass, for top-p cuts within the prefix
         peak = ordered[:, :1].to(torch.float32)
@@ -498,9 +561,13 @@ def _score_block(block: _Block) -> _Scores:
     window = torch.clamp(4 * block.eps, min=MARGIN_WINDOW)  # margins are exact up to this many logits
     rival = _rival(block, claimed[:, None], own, window)
     inside = torch.isfinite(z_c) & (z_c >= block.loose_floor)
-    margin = torch.minimum((own - rival) * block.temps, window)
-    margin = torch.where(inside, margin, -math.inf)[:, 0]
+    margin = (own - rival) * block.temps
     high, low = _logprob_range(block, z_c)
+    if block.vllm:  # vLLM's float32 scores and logprobs, next to the float64 ones here
+        margin = margin + 2 * block.temps * vllm_gumbel.float32_allowance(own.abs() + window / block.temps)
+        spread = vllm_gumbel.float32_allowance(z_c.abs()[:, 0] + high.abs())
+        high, low = high + spread, low - spread
+    margin = torch.where(inside, torch.minimum(margin, window), -math.inf)[:, 0]
     slack = 2.0 / block.temps[:, 0]
     table = torch.stack([margin, low, high, slack]).cpu().tolist()  # one copy to the host per chunk
     return _Scores(*table)
@@ -515,7 +582,7 @@ def _rival(block: _Block, claimed: Any, own: Any, window: Any) -> Any:
     Candidates are picked on float32 logits with room to spare, then scored in float64."""
     import torch
 
-    reach = own - window / block.temps - GUMBEL_MAX * block.stochastic
+    reach = own - window / block.temps - block.gumbel_max * block.stochastic
     reach = torch.where(torch.isfinite(own), reach, math.inf)
     # one comparison on raw logits (T > 0); a finite floor also leaves out -inf (suppressed) tokens
     bar = (torch.maximum(reach, block.strict_floor) * block.temps).to(torch.float32)

@@ -72,11 +72,21 @@ class Scope(str, Enum):
     researcher = "researcher"
 
 
+# The sampler's noise schemes (docs/worker.md, "The noise"): Flywheel's own, and stock vLLM's Model
+# Runner V2 Gumbel sampler (shared/vllm_gumbel.py). An engine that names none samples with the first.
+NoiseScheme = Literal["flywheel-lowbias32-v1", "vllm-mrv2-philox-gumbel-v1"]
+NOISE_FLYWHEEL: NoiseScheme = "flywheel-lowbias32-v1"
+NOISE_VLLM_GUMBEL: NoiseScheme = "vllm-mrv2-philox-gumbel-v1"
+
+
 class EngineInfo(Wire):
     name: Literal["transformers", "vllm", "openai"]
     version: str = Field(default="", max_length=64)
     dtype: str = Field(default="", max_length=32)
     device: str = Field(default="", max_length=64)
+    noise: NoiseScheme | None = Field(
+        default=None, description="the seeded sampler's noise scheme; absent: flywheel-lowbias32-v1"
+    )
 
 
 class HardwareInfo(Wire):

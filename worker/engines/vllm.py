@@ -1,16 +1,24 @@
-"""vLLM engine: offline `vllm.LLM` whose sampling is replaced by Flywheel's seeded Gumbel-max.
+"""vLLM engine: offline `vllm.LLM`, sampling by a noise scheme a validator can replay.
 
-vLLM's own samplers draw from its RNG, which a validator cannot replay. A batch-level logits
-processor (vLLM's v1 `LogitsProcessor` interface, vLLM >= 0.10.2) runs `shared.sampling.sample_step`
-on every row that carries our per-request arguments, then leaves only the chosen token finite;
-vLLM then samples greedily and so emits exactly that token. The processor records each token's
-logprob (the definition in docs/worker.md, not vLLM's raw logprobs) in this process, which is why
-the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Newer vLLM releases default
-to a second model runner with another processor interface; VLLM_USE_V2_MODEL_RUNNER=0 keeps the
-one implemented here. Budget forcing (shared/budget.py) runs in the same processor: at a forced
-position it leaves the forced token finite instead of the sample. Samples of one problem share
-their prompt through vLLM's prefix cache; its paged KV cache sizes batches within
-`--gpu-memory-fraction`. `llm.generate` is blocking, so a pause takes effect after the batch.
+Where the installed vLLM is a release whose Model Runner V2 sampler was checked against
+shared/vllm_gumbel.py (`native_noise`), vLLM samples with its own sampler: each request carries its
+seed (`request_seed` of the job's seed and sample index), temperature, top-k and top-p in plain
+`SamplingParams`, vLLM reports `processed_logprobs`, and nothing of Flywheel's runs per token. The
+engine names that scheme in its EngineInfo (`noise`), so the validator replays vLLM's noise. Budget
+forcing needs a per-token processor, which Model Runner V2 does not run: such jobs are given back.
+
+Elsewhere (other releases), vLLM's samplers draw from its RNG, which a validator cannot replay.
+A batch-level logits processor (vLLM's v1 `LogitsProcessor` interface, vLLM >= 0.10.2) runs
+`shared.sampling.sample_step` on every row that carries our per-request arguments, then leaves
+only the chosen token finite; vLLM then samples greedily and so emits exactly that token. The
+processor records each token's logprob (the definition in docs/worker.md, not vLLM's raw
+logprobs) in this process, which is why the engine core runs in-process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0). Newer vLLM releases default to a second model runner with
+another processor interface; VLLM_USE_V2_MODEL_RUNNER=0 keeps the one implemented here. Budget
+forcing (shared/budget.py) runs in the same processor: at a forced position it leaves the forced
+token finite instead of the sample. Samples of one problem share their prompt through vLLM's
+prefix cache; its paged KV cache sizes batches within `--gpu-memory-fraction`. `llm.generate` is
+blocking, so a pause takes effect after the batch.
 """
 
 from __future__ import annotations
@@ -20,15 +28,25 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ml.loading import stop_token_ids
 from ml.sampling import raw_logprobs, sample_rows
+from shared import vllm_gumbel
 from shared.assets import resolve_model
 from shared.budget import SAMPLE, BudgetState, BudgetTokens, Step
-from shared.protocol import MAX_BATCH, BudgetForcing, EngineInfo, FinishReason, JobSpec, SamplingParams
+from shared.protocol import (
+    MAX_BATCH,
+    NOISE_VLLM_GUMBEL,
+    BudgetForcing,
+    EngineInfo,
+    FinishReason,
+    JobSpec,
+    NoiseScheme,
+    SamplingParams,
+)
 from worker.engines.base import Generation, ShouldStop, package_version
 from worker.engines.prompt import BudgetTokenizer, prompt_token_ids
 from worker.errors import EngineError
@@ -36,6 +54,9 @@ from worker.errors import EngineError
 log = logging.getLogger("flywheel.worker.engine")
 EXTRA_KEY = "flywheel_sampling"
 DEFAULT_BATCH = MAX_BATCH  # vLLM schedules its own memory: hand it as many jobs as may be leased
+# vLLM releases (major, minor) whose Model Runner V2 Gumbel sampler shared/vllm_gumbel.py reproduces
+# (read from the release's vllm/v1/worker/gpu/sample/gumbel.py and its Triton Philox).
+NATIVE_RELEASES = frozenset({(0, 26)})
 
 # (request key) -> position -> (token id, logprob), written by the processor, read by generate().
 _RECORDS: dict[str, dict[int, tuple[int, float]]] = {}
@@ -181,19 +202,72 @@ def processor_class() -> type:
     return GumbelMaxProcessor
 
 
+def native_noise(version: str) -> NoiseScheme | None:
+    """The noise scheme vLLM's own sampler follows in this release, or None (then the logits
+    processor samples with Flywheel's)."""
+    parts = version.split(".")
+    try:
+        release = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return None
+    return NOISE_VLLM_GUMBEL if release in NATIVE_RELEASES else None
+
+
+def runner_env(noise: NoiseScheme | None) -> dict[str, str]:
+    """The environment for the sampling path: vLLM's own sampler runs on Model Runner V2, the
+    logits processor on the runner that runs processors (in-process, where it records logprobs)."""
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1" if noise else "0"}
+
+
+def runner_args(noise: NoiseScheme | None) -> dict[str, Any]:
+    """`LLM` arguments for the sampling path: vLLM's sampler reporting its own logprobs (z minus
+    the log-sum-exp over the allowed set, docs/worker.md), or our logits processor."""
+    if noise is not None:
+        # float32 Gumbel: the float64 option draws other uniforms, another scheme
+        return {"logprobs_mode": "processed_logprobs", "use_fp64_gumbel": False}
+    return {"logits_processors": [processor_class()]}
+
+
+def native_request(job: JobSpec, stops: Iterable[int]) -> dict[str, Any]:
+    """vLLM `SamplingParams` arguments for one job on vLLM's own sampler: the job's sampling, its
+    sample's request seed, and the sampled token's logprob (logprobs=0)."""
+    sampling = job.sampling
+    greedy = sampling.temperature == 0.0
+    return {
+        "temperature": sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "top_k": 0 if greedy else sampling.top_k,  # 0: no top-k in vLLM as here
+        "seed": vllm_gumbel.request_seed(sampling.seed, job.sample_index),
+        "max_tokens": sampling.max_tokens,
+        "stop_token_ids": sorted(stops),
+        "skip_special_tokens": True,
+        "logprobs": 0,
+    }
+
+
+def native_logprobs(completion: Any, token_ids: Sequence[int]) -> list[float]:
+    """Per token, the logprob vLLM's sampler reported for it (one {token id: Logprob} per position)."""
+    entries = completion.logprobs or []
+    if len(entries) != len(token_ids):
+        raise EngineError(f"vLLM reported {len(entries)} logprobs for {len(token_ids)} tokens")
+    return [float(entry[token].logprob) for entry, token in zip(entries, token_ids, strict=True)]
+
+
 class VllmEngine:
     verifiable = True
     default_batch = DEFAULT_BATCH
 
-    def __init__(self, llm: Any, model_name: str) -> None:
+    def __init__(self, llm: Any, model_name: str, noise: NoiseScheme | None = None) -> None:
         self.llm = llm
         self.model_name = model_name
+        self.noise = noise
         self.tokenizer = llm.get_tokenizer()
         self.stops = stop_token_ids(self.tokenizer, None)
         self.budget_tokens = BudgetTokenizer(self.tokenizer, self.stops)
         config = llm.llm_engine.model_config
         dtype = str(getattr(config, "dtype", "")).removeprefix("torch.")
-        self.info = EngineInfo(name="vllm", version=package_version("vllm"), dtype=dtype[:32], device="cuda")
+        version = package_version("vllm")
+        self.info = EngineInfo(name="vllm", version=version, dtype=dtype[:32], device="cuda", noise=noise)
 
     @classmethod
     def load(
@@ -201,8 +275,8 @@ class VllmEngine:
     ) -> VllmEngine:
         """The model `name`, from `path` when given (a prepared directory), else from where the
         name resolves to."""
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        noise = native_noise(package_version("vllm"))
+        os.environ.update(runner_env(noise))  # the path must be the one EngineInfo names
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -211,10 +285,10 @@ class VllmEngine:
             model=path or resolve_model(name),
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
-            logits_processors=[processor_class()],
             seed=0,
+            **runner_args(noise),
         )
-        return cls(llm, name)
+        return cls(llm, name, noise)
 
     def close(self) -> None:
         """Free the GPU: switching to another policy version loads a new `LLM` in this process."""
@@ -237,6 +311,8 @@ class VllmEngine:
         return MAX_BATCH  # vLLM pages its KV cache within --gpu-memory-fraction and queues the rest
 
     def unsupported(self, job: JobSpec) -> str | None:
+        if self.noise is not None and job.budget is not None:
+            return "budget forcing needs a per-token processor, which vLLM's own sampler path does not run"
         return None
 
     def _extra(self, job: JobSpec, key: str) -> dict[str, Any]:
@@ -263,23 +339,27 @@ class VllmEngine:
         prompts = [
             TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, job.messages)) for job in jobs
         ]
-        params = [
-            VllmSamplingParams(
-                temperature=0.0,  # greedy over the one token our processor left finite
-                max_tokens=job.sampling.max_tokens,
-                stop_token_ids=sorted(self.stops),
-                skip_special_tokens=True,
-                extra_args=self._extra(job, key),
-            )
-            for job, key in zip(jobs, keys, strict=True)
-        ]
+        params = [VllmSamplingParams(**self._request(job, key)) for job, key in zip(jobs, keys, strict=True)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - started
         return [self._generation(out, key, elapsed) for out, key in zip(outputs, keys, strict=True)]
 
+    def _request(self, job: JobSpec, key: str) -> dict[str, Any]:
+        if self.noise is not None:
+            return native_request(job, self.stops)
+        return {
+            "temperature": 0.0,  # greedy over the one token our processor left finite
+            "max_tokens": job.sampling.max_tokens,
+            "stop_token_ids": sorted(self.stops),
+            "skip_special_tokens": True,
+            "extra_args": self._extra(job, key),
+        }
+
     def _generation(self, output: Any, key: str, elapsed: float) -> Generation:
         completion = output.outputs[0]
         token_ids = [int(t) for t in completion.token_ids]
+        if self.noise is not None:
+            return self._finished(output, token_ids, native_logprobs(completion, token_ids), elapsed)
         with _RECORDS_LOCK:
             records = _RECORDS.pop(key, {})
             _BUDGETS.pop(key, None)
@@ -292,6 +372,12 @@ class VllmEngine:
                     "the logits processor did not run (is VLLM_USE_V2_MODEL_RUNNER=0 honoured?)"
                 )
             logprobs.append(recorded[1])
+        return self._finished(output, token_ids, logprobs, elapsed)
+
+    def _finished(
+        self, output: Any, token_ids: list[int], logprobs: list[float], elapsed: float
+    ) -> Generation:
+        completion = output.outputs[0]
         reason = FinishReason.length if completion.finish_reason == "length" else FinishReason.stop
         return Generation(
             text=completion.text,

@@ -1,0 +1,131 @@
+"""The vLLM engine on vLLM's own sampler, with vLLM absent: which releases take that path, the
+requests it builds, and how it reads vLLM's output back."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import make_job
+
+from shared import vllm_gumbel
+from shared.assets import resolve_model
+from shared.protocol import NOISE_VLLM_GUMBEL, BudgetForcing, EngineInfo
+from worker.engines import vllm as vllm_engine
+from worker.engines.vllm import (
+    VllmEngine,
+    native_logprobs,
+    native_noise,
+    native_request,
+    runner_args,
+    runner_env,
+)
+from worker.errors import EngineError
+
+
+@pytest.mark.parametrize(
+    ("version", "scheme"),
+    [
+        ("0.26.0", NOISE_VLLM_GUMBEL),
+        ("0.26.3", NOISE_VLLM_GUMBEL),
+        ("0.25.1", None),
+        ("0.27.0", None),
+        ("1.26.0", None),
+        ("", None),
+        ("dev", None),
+    ],
+)
+def test_only_checked_releases_sample_natively(version: str, scheme: str | None) -> None:
+    assert native_noise(version) == scheme
+
+
+def test_the_native_path_runs_model_runner_v2_without_processors() -> None:
+    assert runner_env(NOISE_VLLM_GUMBEL)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    assert runner_env(None)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    args = runner_args(NOISE_VLLM_GUMBEL)
+    assert args == {"logprobs_mode": "processed_logprobs", "use_fp64_gumbel": False}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_processor_path_needs_vllm() -> None:
+    with pytest.raises(EngineError):
+        runner_args(None)
+
+
+def test_native_requests_carry_the_jobs_sampling_and_its_samples_seed() -> None:
+    stops = frozenset({2, 7})
+    job = make_job("m", seed=99, sample_index=3, temperature=0.7, top_p=0.9, top_k=40, max_tokens=20)
+    request = native_request(job, stops)
+    assert request == {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "seed": vllm_gumbel.request_seed(99, 3),
+        "max_tokens": 20,
+        "stop_token_ids": [2, 7],
+        "skip_special_tokens": True,
+        "logprobs": 0,
+    }
+    other = native_request(make_job("m", seed=99, sample_index=4), stops)
+    assert other["seed"] != request["seed"]  # samples of one problem draw different noise
+
+
+def test_greedy_native_requests_drop_the_filters() -> None:
+    request = native_request(make_job("m", temperature=0.0, top_p=0.5, top_k=3), frozenset({2}))
+    assert (request["temperature"], request["top_p"], request["top_k"]) == (0.0, 1.0, 0)
+
+
+def completion(tokens: list[int], logprobs: list[float] | None) -> SimpleNamespace:
+    entries = None
+    if logprobs is not None:
+        entries = [{t: SimpleNamespace(logprob=lp)} for t, lp in zip(tokens, logprobs, strict=True)]
+    return SimpleNamespace(token_ids=tokens, logprobs=entries, text="x", finish_reason="stop")
+
+
+def test_logprobs_are_read_from_vllms_sampler() -> None:
+    assert native_logprobs(completion([5, 2], [-0.5, -1.25]), [5, 2]) == [-0.5, -1.25]
+    with pytest.raises(EngineError):
+        native_logprobs(completion([5, 2], None), [5, 2])
+
+
+class StandInLLM:
+    """What VllmEngine reads from a `vllm.LLM` at construction: its tokenizer and model config."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(dtype="torch.bfloat16"))
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(tiny_model))
+
+
+def test_a_native_engine_names_its_scheme_and_gives_back_budget_jobs(tokenizer: Any) -> None:
+    native = VllmEngine(StandInLLM(tokenizer), "m", NOISE_VLLM_GUMBEL)
+    assert native.info.noise == NOISE_VLLM_GUMBEL
+    assert EngineInfo.model_validate_json(native.info.model_dump_json()) == native.info
+    budget = make_job("m").model_copy(update={"budget": BudgetForcing(min_thinking_tokens=4)})
+    assert native.unsupported(budget) is not None
+    assert native.unsupported(make_job("m")) is None
+    job = make_job("m", seed=5, sample_index=1)
+    assert native._request(job, "key") == native_request(job, native.stops)
+    output = SimpleNamespace(outputs=[completion([9, 2], [-0.1, -0.2])], prompt_token_ids=[1, 2, 3])
+    generation = native._generation(output, "key", 1.0)
+    assert (generation.completion_token_ids, generation.logprobs) == ([9, 2], [-0.1, -0.2])
+
+
+def test_a_processor_engine_keeps_todays_scheme(tokenizer: Any) -> None:
+    plain = VllmEngine(StandInLLM(tokenizer), "m")
+    assert plain.info.noise is None
+    budget = make_job("m").model_copy(update={"budget": BudgetForcing(min_thinking_tokens=4)})
+    assert plain.unsupported(budget) is None
+    request = plain._request(make_job("m"), "key")
+    assert request["temperature"] == 0.0 and vllm_engine.EXTRA_KEY in request["extra_args"]
