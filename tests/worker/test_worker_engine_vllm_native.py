@@ -8,8 +8,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from conftest import make_job
 
+from coordinator.trust.policy import tolerance
+from ml.rescore import Claim, JobRules, rescore
+from ml.scorer import scorer
 from shared import vllm_gumbel
 from shared.assets import resolve_model
 from shared.protocol import NOISE_VLLM_GUMBEL, BudgetForcing, EngineInfo
@@ -129,3 +133,52 @@ def test_a_processor_engine_keeps_todays_scheme(tokenizer: Any) -> None:
     assert plain.unsupported(budget) is None
     request = plain._request(make_job("m"), "key")
     assert request["temperature"] == 0.0 and vllm_engine.EXTRA_KEY in request["extra_args"]
+
+
+def test_the_first_token_is_sampled_at_the_prompts_last_position() -> None:
+    # vLLM samples from the logits of the last input token: the prompt's last, then each output
+    assert [vllm_gumbel.noise_position(5, k) for k in range(3)] == [4, 5, 6]
+
+
+needs_vllm_gpu = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(), reason="needs vLLM and a GPU"
+)
+
+
+@needs_vllm_gpu
+@pytest.mark.gpu
+def test_traces_of_vllms_own_sampler_validate(tiny_model: str) -> None:
+    engine = VllmEngine.load(tiny_model, gpu_memory_utilization=0.3)
+    try:
+        if engine.noise is None:
+            pytest.skip(f"vLLM {engine.info.version} samples through the logits processor")
+        settings: list[dict[str, float]] = [
+            {"temperature": 1.0},
+            {"temperature": 0.7, "top_p": 0.9},
+            {"temperature": 1.0, "top_k": 5},
+            {"temperature": 0.0},
+        ]
+        jobs = [
+            make_job(tiny_model, seed=s, sample_index=s % 3, max_tokens=16, **settings[s % len(settings)])
+            for s in range(12)
+        ]
+        generations = engine.generate(jobs)
+        dtype = engine.info.dtype
+    finally:
+        engine.close()
+    validator = scorer(tiny_model, None, "cuda", "float32")
+    for job, generation in zip(jobs, generations, strict=True):
+        prompt = validator.prompt_ids(job.messages)
+        tokens = list(generation.completion_token_ids)
+        logits = validator.completion_logits([prompt], [tokens])[0]
+        rules = JobRules(
+            sampling=job.sampling,
+            sample_index=job.sample_index,
+            limit=job.sampling.max_tokens,
+            stops=validator.stops,
+            noise=NOISE_VLLM_GUMBEL,
+            prompt_tokens=len(prompt),
+        )
+        claimed = Claim(tokens, generation.logprobs, generation.finish_reason.value)
+        outcome = rescore(logits, rules, claimed, tolerance(dtype, "float32"))
+        assert outcome.passed, (job.sampling, outcome)
