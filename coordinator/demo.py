@@ -155,6 +155,7 @@ def _watch(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from coordinator.campaigns import service as campaigns
+    from coordinator.campaigns.models import CampaignStatus
     from coordinator.db import transaction
 
     columns = (
@@ -176,7 +177,7 @@ def _watch(
                 f"tokens {p.completion_tokens}"
             )
             bar.update(task, total=p.jobs, completed=p.accepted + p.rejected, status=status)
-            if out.status == "done":
+            if out.status == CampaignStatus.DONE:
                 return out
             if all(proc.poll() is not None for proc in procs) and p.queued + p.leased > 0:
                 raise RuntimeError("the workers stopped before the campaign finished; see their logs")

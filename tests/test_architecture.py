@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +91,52 @@ def test_no_two_files_import_each_other() -> None:
         {tuple(sorted((a, b))) for a, deps in graph.items() for b in deps if a in graph.get(b, ())}
     )
     assert circles == []
+
+
+STATUS_WORDS = {
+    "queued",
+    "leased",
+    "submitted",
+    "running",
+    "paused",
+    "waiting",
+    "cancelled",
+    "done",
+    "failed",
+}
+STATUS_WORDS |= {"skipped", "recheck", "passed", "unverifiable", "pending", "accepted", "rejected"}
+
+
+def _literals(node: ast.AST) -> Iterator[ast.Constant]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node
+    elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+        for element in node.elts:
+            yield from _literals(element)
+
+
+def _compared(node: ast.AST) -> list[ast.AST]:
+    """What a comparison or an SQL `IN` compares a value with."""
+    if isinstance(node, ast.Compare):
+        return [node.left, *node.comparators]
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("in_", "not_in")
+    ):
+        return list(node.args)
+    return []
+
+
+def test_statuses_are_compared_as_enums_not_bare_strings() -> None:
+    """The coordinator names a status by its enum (campaigns, jobs, traces, validations, pipeline
+    jobs); only the models that define them spell the words."""
+    found = []
+    for path in (ROOT / "coordinator").rglob("*.py"):
+        if "migrations" in path.parts or path.name == "models.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            for side in _compared(node):
+                found += [f"{path.relative_to(ROOT)}:{c.lineno} {c.value!r}" for c in _literals(side)
+                          if c.value in STATUS_WORDS]  # fmt: skip
+    assert found == []

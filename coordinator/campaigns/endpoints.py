@@ -5,6 +5,7 @@ import uuid
 from fastapi import APIRouter
 
 from coordinator.campaigns import service, strategies
+from coordinator.campaigns.models import CampaignStatus
 from coordinator.deps import OperatorDep, SessionDep
 from shared.protocol import CampaignCreate, CampaignOut, Routes, StrategyReport
 
@@ -28,12 +29,12 @@ def get(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> Campaign
 
 @router.post(Routes.campaigns + "/{campaign_id}/pause", response_model=CampaignOut)
 def pause(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> CampaignOut:
-    return service.to_out(session, service.set_status(session, campaign_id, "paused"))
+    return service.to_out(session, service.set_status(session, campaign_id, CampaignStatus.PAUSED))
 
 
 @router.post(Routes.campaigns + "/{campaign_id}/resume", response_model=CampaignOut)
 def resume(campaign_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> CampaignOut:
-    return service.to_out(session, service.set_status(session, campaign_id, "running"))
+    return service.to_out(session, service.set_status(session, campaign_id, CampaignStatus.RUNNING))
 
 
 @router.get(Routes.campaigns + "/{campaign_id}/strategies", response_model=list[StrategyReport])

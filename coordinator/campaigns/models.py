@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+
+
+class CampaignStatus(StrEnum):
+    """Whether volunteers get a campaign's jobs; `done` is reported once every job has its verdict."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
 
 
 class Campaign(Base):
@@ -24,5 +33,5 @@ class Campaign(Base):
     budget: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # ",float32," style (delimited, so a LIKE on one dtype matches it alone); None: any dtype
     worker_dtypes: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.RUNNING, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

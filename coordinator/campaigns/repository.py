@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from coordinator.campaigns.models import Campaign
 from coordinator.jobs.models import Job
-from coordinator.results.models import Trace
+from coordinator.results.models import ACCEPTED, REJECTED, Trace
 
 
 def add(session: Session, campaign: Campaign) -> Campaign:
@@ -58,7 +58,7 @@ def verified_samples(session: Session, campaign_id: uuid.UUID) -> list[tuple[uui
         .join(Job, Job.id == Trace.job_id)
         .where(
             Trace.campaign_id == campaign_id,
-            Trace.status.in_(("accepted", "rejected")),
+            Trace.status.in_((ACCEPTED, REJECTED)),
             Trace.returned.is_(False),
         )
         .order_by(Job.problem_id, Job.sample_index)

@@ -10,11 +10,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns import repository
-from coordinator.campaigns.models import Campaign
+from coordinator.campaigns.models import Campaign, CampaignStatus
 from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.jobs import repository as jobs_repository
+from coordinator.jobs.models import LEASED, QUEUED
 from coordinator.problems import repository as problems_repository
 from coordinator.problems import service as problems
+from coordinator.results.models import ACCEPTED, REJECTED
 from shared.protocol import (
     BudgetForcing,
     CampaignCreate,
@@ -79,7 +81,7 @@ def get(session: Session, campaign_id: uuid.UUID) -> Campaign:
 
 
 def set_status(session: Session, campaign_id: uuid.UUID, status: str) -> Campaign:
-    if status not in {"running", "paused"}:
+    if status not in {CampaignStatus.RUNNING, CampaignStatus.PAUSED}:
         raise BadRequest("status must be 'running' or 'paused'")
     campaign = get(session, campaign_id)
     campaign.status = status
@@ -91,11 +93,11 @@ def progress(session: Session, campaign_id: uuid.UUID) -> CampaignProgress:
     traces, tokens = repository.trace_counts(session, campaign_id)
     return CampaignProgress(
         jobs=sum(jobs.values()),
-        queued=jobs.get("queued", 0),
-        leased=jobs.get("leased", 0),
+        queued=jobs.get(QUEUED, 0),
+        leased=jobs.get(LEASED, 0),
         submitted=sum(traces.values()),
-        accepted=traces.get("accepted", 0),
-        rejected=traces.get("rejected", 0),
+        accepted=traces.get(ACCEPTED, 0),
+        rejected=traces.get(REJECTED, 0),
         completion_tokens=tokens,
     )
 
@@ -112,7 +114,7 @@ def to_out(session: Session, campaign: Campaign) -> CampaignOut:
         samples_per_problem=campaign.samples_per_problem,
         budget=BudgetForcing.model_validate(campaign.budget) if campaign.budget else None,
         worker_dtypes=[d for d in campaign.worker_dtypes.split(",") if d] if campaign.worker_dtypes else None,
-        status="done" if done else campaign.status,
+        status=CampaignStatus.DONE if done else CampaignStatus(campaign.status),
         created_at=campaign.created_at,
         progress=report,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns import repository
+from coordinator.results.models import ACCEPTED
 from shared.protocol import StrategyReport
 
 
@@ -80,4 +81,4 @@ def report(samples: Sequence[Sample]) -> list[StrategyReport]:
 
 def campaign_report(session: Session, campaign_id: uuid.UUID) -> list[StrategyReport]:
     rows = repository.verified_samples(session, campaign_id)
-    return report([Sample(problem_id=p, text=t, tokens=n, passed=s == "accepted") for p, t, n, s in rows])
+    return report([Sample(problem_id=p, text=t, tokens=n, passed=s == ACCEPTED) for p, t, n, s in rows])

@@ -18,6 +18,7 @@ from coordinator.campaigns.models import Campaign
 from coordinator.datasets import repository
 from coordinator.db import read_transaction
 from coordinator.errors import BadRequest
+from coordinator.results.models import ACCEPTED, PENDING, REJECTED
 from shared.protocol import DatasetInfo
 
 ROW_GROUP = 1000
@@ -45,9 +46,9 @@ def list_datasets(session: Session) -> list[DatasetInfo]:
             entry[status] = int(n)
     return [
         DatasetInfo(
-            accepted=e.get("accepted", 0),
-            rejected=e.get("rejected", 0),
-            pending=e.get("pending", 0),
+            accepted=e.get(ACCEPTED, 0),
+            rejected=e.get(REJECTED, 0),
+            pending=e.get(PENDING, 0),
             **{k: e[k] for k in ("campaign_id", "name", "model")},
         )
         for e in merged.values()

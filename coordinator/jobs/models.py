@@ -2,16 +2,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, UTCDateTime, utcnow
 
-QUEUED = "queued"
-LEASED = "leased"
-SUBMITTED = "submitted"  # a trace is stored; its verdict is pending
-DONE = "done"  # the trace has its verdict
+
+class JobStatus(StrEnum):
+    """Where a job is in its life: in the pool, with a worker, its trace stored, its trace decided."""
+
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUBMITTED = "submitted"  # a trace is stored; its verdict is pending
+    DONE = "done"  # the trace has its verdict
+
+
+QUEUED, LEASED, SUBMITTED, DONE = JobStatus.QUEUED, JobStatus.LEASED, JobStatus.SUBMITTED, JobStatus.DONE
 
 
 class Job(Base):

@@ -10,7 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from coordinator.campaigns.models import Campaign
+from coordinator.campaigns.models import Campaign, CampaignStatus
 from coordinator.db import one_of
 from coordinator.jobs.models import DONE, LEASED, QUEUED, SUBMITTED, Job
 from coordinator.problems.models import Problem
@@ -64,7 +64,7 @@ def claim(
     j, c = JOBS.c, CAMPAIGNS.c
     # autoescape: the dtype is the caller's string, and `%` or `_` in it must match only themselves.
     takes = c.worker_dtypes.contains(f",{dtype},", autoescape=True)
-    running = select(c.id).where(c.status == "running", or_(c.worker_dtypes.is_(None), takes))
+    running = select(c.id).where(c.status == CampaignStatus.RUNNING, or_(c.worker_dtypes.is_(None), takes))
     if models:
         running = running.where(one_of(session, c.model_name, models))
     leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))
@@ -88,7 +88,7 @@ def waiting_by_model(session: Session, dtype: str | None, now: datetime, limit: 
     query = (
         select(c.model_name, c.model_revision, queued)
         .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id))
-        .where(c.status == "running", leasable)
+        .where(c.status == CampaignStatus.RUNNING, leasable)
         .group_by(c.model_name, c.model_revision)
         .order_by(queued.desc(), c.model_name)
         .limit(limit)

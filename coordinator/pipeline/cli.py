@@ -259,6 +259,7 @@ def _watch(runtime: Any, job_id: uuid.UUID, stop: threading.Event) -> None:
 def _report(runtime: Any, job_id: uuid.UUID) -> int:
     from coordinator.db import make_engine, make_session_factory, transaction
     from coordinator.pipeline import service
+    from coordinator.pipeline.models import JobState
 
     engine = make_engine(runtime.settings)
     try:
@@ -267,7 +268,7 @@ def _report(runtime: Any, job_id: uuid.UUID) -> int:
     finally:
         engine.dispose()
     print(out.model_dump_json(indent=2))
-    return 0 if out.status == "done" else 1
+    return 0 if out.status == JobState.DONE else 1
 
 
 if __name__ == "__main__":  # `python -m coordinator.pipeline.cli ...` until `flywheel` wires it in

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -12,20 +13,32 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
 
-# Job states. `waiting`: the job handed work to volunteers (a campaign) and polls for it.
-QUEUED = "queued"
-RUNNING = "running"
-WAITING = "waiting"
-DONE = "done"
-FAILED = "failed"
-CANCELLED = "cancelled"
-FINISHED = (DONE, FAILED, CANCELLED)
 
-# Rollout group states.
-GROUP_OPEN = "open"
-GROUP_USED = "used"
-GROUP_SKIPPED = "skipped"  # every member got the same reward: zero advantage, nothing to learn
-GROUP_STALE = "stale"  # its policy version fell more than the staleness bound behind
+class JobState(StrEnum):
+    """A pipeline job's state. `waiting`: it handed work to volunteers (a campaign) and polls for it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class GroupState(StrEnum):
+    """A GRPO rollout group's state."""
+
+    OPEN = "open"
+    USED = "used"
+    SKIPPED = "skipped"  # every member got the same reward: zero advantage, nothing to learn
+    STALE = "stale"  # its policy version fell more than the staleness bound behind
+
+
+QUEUED, RUNNING, WAITING = JobState.QUEUED, JobState.RUNNING, JobState.WAITING
+DONE, FAILED, CANCELLED = JobState.DONE, JobState.FAILED, JobState.CANCELLED
+FINISHED = (DONE, FAILED, CANCELLED)
+GROUP_OPEN, GROUP_USED = GroupState.OPEN, GroupState.USED
+GROUP_SKIPPED, GROUP_STALE = GroupState.SKIPPED, GroupState.STALE
 
 
 class PipelineJob(Base):

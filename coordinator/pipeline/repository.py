@@ -10,19 +10,20 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from coordinator.campaigns.models import Campaign
+from coordinator.campaigns.models import Campaign, CampaignStatus
 from coordinator.jobs.models import LEASED, QUEUED, Job
 from coordinator.pipeline.models import (
     GROUP_OPEN,
     RUNNING,
     Artifact,
     JobOutput,
+    JobState,
     PipelineJob,
     PolicyVersion,
     RolloutGroup,
 )
 from coordinator.problems.models import Problem
-from coordinator.results.models import Trace
+from coordinator.results.models import ACCEPTED, Trace
 from coordinator.trust.models import UNSETTLED, usable
 
 VERIFIED = ("accepted", "rejected")
@@ -54,7 +55,8 @@ def claim(
     running it (a `running` job whose heartbeat stopped counts as abandoned)."""
     j = PipelineJob
     runnable = or_(
-        j.status.in_(("queued", "waiting")), and_(j.status == RUNNING, j.heartbeat_at < stale_before)
+        j.status.in_((JobState.QUEUED, JobState.WAITING)),
+        and_(j.status == RUNNING, j.heartbeat_at < stale_before),
     )
     result = session.execute(
         update(j)
@@ -82,8 +84,8 @@ def stalled(session: Session, stale_before: datetime, limit: int) -> Sequence[uu
     """Jobs whose task chain is gone: running or waiting with no heartbeat since `stale_before`, or
     queued since before it without a task ever claiming them."""
     j = PipelineJob
-    silent = and_(j.status.in_((RUNNING, "waiting")), j.heartbeat_at < stale_before)
-    unclaimed = and_(j.status == "queued", func.coalesce(j.heartbeat_at, j.created_at) < stale_before)
+    silent = and_(j.status.in_((RUNNING, JobState.WAITING)), j.heartbeat_at < stale_before)
+    unclaimed = and_(j.status == JobState.QUEUED, func.coalesce(j.heartbeat_at, j.created_at) < stale_before)
     return session.scalars(select(j.id).where(or_(silent, unclaimed)).limit(limit)).all()
 
 
@@ -145,7 +147,7 @@ def verified_scores(session: Session, campaign_ids: Sequence[uuid.UUID]) -> list
         .join(Problem, Problem.id == Job.problem_id)
         .where(Trace.campaign_id.in_(campaign_ids), Trace.status.in_(VERIFIED), usable())
     )
-    return [(p, float(score or 0.0), status == "accepted") for p, score, status in session.execute(query)]
+    return [(p, float(score or 0.0), status == ACCEPTED) for p, score, status in session.execute(query)]
 
 
 def problem_ids(session: Session, problem_set_id: uuid.UUID) -> Sequence[uuid.UUID]:
@@ -313,7 +315,7 @@ def live_policies(session: Session, base_model: str | None, limit: int) -> Seque
         .join(c, c.id == g.campaign_id)
         .join(pv, and_(pv.run_id == g.run_id, pv.version == g.policy_version))
         .join(Artifact, Artifact.sha256 == pv.sha256)
-        .where(g.status == GROUP_OPEN, c.status == "running", waiting)
+        .where(g.status == GROUP_OPEN, c.status == CampaignStatus.RUNNING, waiting)
         .order_by(pv.created_at.desc())
         .limit(limit)
     )

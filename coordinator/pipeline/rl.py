@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from coordinator.campaigns import repository as campaigns_repository
 from coordinator.campaigns import service as campaigns
-from coordinator.campaigns.models import Campaign
+from coordinator.campaigns.models import Campaign, CampaignStatus
 from coordinator.jobs import repository as jobs_repository
 from coordinator.pipeline import repository, service
 from coordinator.pipeline.artifacts import ArtifactStore
@@ -38,6 +38,7 @@ from coordinator.pipeline.models import (
     PolicyVersion,
     RolloutGroup,
 )
+from coordinator.results.models import ACCEPTED
 from shared.pipeline_types import GrpoSpec, PolicyVersionOut, artifact_model_name
 from shared.protocol import PolicyList, PolicyRef, RolloutGroupRef
 
@@ -248,7 +249,7 @@ def _rollouts(session: Session, groups: Sequence[RolloutGroup]) -> dict[uuid.UUI
                 completion_ids=list(row.completion_token_ids),
                 logprobs=list(row.logprobs),
                 reward=float(row.score or 0.0),
-                passed=row.status == "accepted",
+                passed=row.status == ACCEPTED,
                 advantage=0.0,
             )
         )
@@ -262,7 +263,8 @@ def _drop_stale(
     stale = [g for g in open_groups if current - g.policy_version > spec.max_staleness]
     repository.set_group_status(session, [g.id for g in stale], GROUP_STALE)
     stale_campaigns = {g.campaign_id for g in stale}
-    repository.set_campaign_status(session, sorted(stale_campaigns), "paused")  # stop paying for them
+    # stop paying for them
+    repository.set_campaign_status(session, sorted(stale_campaigns), CampaignStatus.PAUSED)
     plan.stale = len(stale)
     return [g for g in open_groups if g not in stale]
 
@@ -360,6 +362,6 @@ def group_counts(session: Session, run_id: uuid.UUID) -> dict[str, int]:
 def pause_all(session: Session, run: PipelineJob) -> None:
     """The run is over: its remaining rollout jobs are not worth a volunteer's time."""
     ids = [uuid.UUID(c) for c in run.state.get("campaigns", [])]
-    repository.set_campaign_status(session, ids, "paused")
+    repository.set_campaign_status(session, ids, CampaignStatus.PAUSED)
     open_ids = [g.id for g in repository.groups_by_status(session, run.id, GROUP_OPEN)]
     repository.set_group_status(session, open_ids, GROUP_STALE)

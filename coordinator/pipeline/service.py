@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from coordinator.campaigns import service as campaigns
 from coordinator.campaigns import strategies
+from coordinator.campaigns.models import CampaignStatus
 from coordinator.config import Settings
 from coordinator.datasets import service as datasets
 from coordinator.db import utcnow
@@ -212,7 +213,7 @@ def resume(session: Session, job_id: uuid.UUID) -> uuid.UUID:
     campaign_ids = (
         repository.campaigns_with_open_groups(session, job.id) if job.kind == "grpo" else _campaigns(job)
     )
-    repository.set_campaign_status(session, campaign_ids, "running")
+    repository.set_campaign_status(session, campaign_ids, CampaignStatus.RUNNING)
     return job.wake_token
 
 
@@ -221,7 +222,8 @@ def cancel(session: Session, job_id: uuid.UUID) -> PipelineJob:
     if job.status in FINISHED:
         return job
     job.status, job.wake_token, job.finished_at, job.stage = CANCELLED, None, utcnow(), "cancelled"
-    repository.set_campaign_status(session, _campaigns(job), "paused")  # volunteers stop spending on it
+    # volunteers stop spending on it
+    repository.set_campaign_status(session, _campaigns(job), CampaignStatus.PAUSED)
     return job
 
 

@@ -8,10 +8,9 @@ from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text,
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+from shared.protocol import TraceStatus
 
-PENDING = "pending"
-ACCEPTED = "accepted"
-REJECTED = "rejected"
+PENDING, ACCEPTED, REJECTED = TraceStatus.pending, TraceStatus.accepted, TraceStatus.rejected
 
 
 class Trace(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Boolean, ColumnElement, Float, ForeignKey, Index, Integer, String, Text, and_
@@ -12,17 +13,32 @@ from sqlalchemy.orm import Mapped, mapped_column
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
 from coordinator.results.models import Trace
 
-# traces.validation: what the spot-check policy decided for a trace, and what came of it.
-SKIPPED = "skipped"  # not drawn for validation
-QUEUED = "queued"  # a validation task will re-score it
-PASSED = "passed"
-FAILED = "failed"
-UNVERIFIABLE = "unverifiable"  # the engine could not apply the seeded sampler: nothing to re-score
-ERROR = "error"  # the validator could not run (model unavailable); trust is left alone
 
-# validations.purpose
-SPOT_CHECK = "spot-check"  # drawn by the adaptive policy: the outcome moves the worker's trust
-RECHECK = "recheck"  # a withdrawn trace re-validated after a failure: the outcome only decides the trace
+class ValidationState(StrEnum):
+    """traces.validation: what the spot-check policy decided for a trace, and what came of it."""
+
+    SKIPPED = "skipped"  # not drawn for validation
+    QUEUED = "queued"  # a validation task will re-score it
+    RECHECK = "recheck"  # withdrawn after its worker failed a validation; re-validated on its own
+    PASSED = "passed"
+    FAILED = "failed"
+    UNVERIFIABLE = "unverifiable"  # the engine could not apply the seeded sampler: nothing to re-score
+    ERROR = "error"  # the validator could not run (model unavailable); trust is left alone
+
+
+SKIPPED, QUEUED, PASSED = ValidationState.SKIPPED, ValidationState.QUEUED, ValidationState.PASSED
+FAILED, UNVERIFIABLE, ERROR = ValidationState.FAILED, ValidationState.UNVERIFIABLE, ValidationState.ERROR
+
+
+class ValidationPurpose(StrEnum):
+    """validations.purpose: why a trace was validated."""
+
+    SPOT_CHECK = "spot-check"  # drawn by the adaptive policy: the outcome moves the worker's trust
+    RECHECK = "recheck"  # a withdrawn trace re-validated after a failure: it only decides the trace
+
+
+# `recheck` is both a purpose and the state of a trace waiting for one (equal as strings).
+SPOT_CHECK, RECHECK = ValidationPurpose.SPOT_CHECK, ValidationPurpose.RECHECK
 
 # Which traces dumps, selection and training may use: validated and passed, or not drawn for a
 # spot-check (`skipped`, also every trace's state while validation is off). Traces whose decision

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.coordinator.conftest import Api
 from tests.coordinator.helpers import make_campaign
 from tests.trust.helpers import exported, generate, job_key, lease, settle, submission, submit, worker_id
