@@ -20,6 +20,7 @@ from shared.protocol import NOISE_VLLM_GUMBEL, BudgetForcing, EngineInfo
 from worker.engines import vllm as vllm_engine
 from worker.engines.vllm import (
     VllmEngine,
+    check_runner,
     native_logprobs,
     native_noise,
     native_request,
@@ -50,6 +51,18 @@ def test_the_native_path_runs_model_runner_v2_without_processors() -> None:
     assert runner_env(None)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     args = runner_args(NOISE_VLLM_GUMBEL)
     assert args == {"logprobs_mode": "processed_logprobs", "use_fp64_gumbel": False}
+
+
+def test_an_engine_off_model_runner_v2_is_refused_on_the_native_path() -> None:
+    def llm(v2: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(use_v2_model_runner=v2))
+        )
+
+    check_runner(llm(True), NOISE_VLLM_GUMBEL)
+    check_runner(llm(False), None)
+    with pytest.raises(EngineError):
+        check_runner(llm(False), NOISE_VLLM_GUMBEL)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

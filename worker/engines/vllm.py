@@ -228,6 +228,14 @@ def runner_args(noise: NoiseScheme | None) -> dict[str, Any]:
     return {"logits_processors": [processor_class()]}
 
 
+def check_runner(llm: Any, noise: NoiseScheme | None) -> None:
+    """The native path's noise is Model Runner V2's: refuse an engine vLLM built on another runner
+    (a model or setting V2 does not support), whose traces would not replay."""
+    config = getattr(llm.llm_engine, "vllm_config", None)
+    if noise is not None and getattr(config, "use_v2_model_runner", True) is False:
+        raise EngineError("vLLM did not run Model Runner V2, whose sampler the engine relies on")
+
+
 def native_request(job: JobSpec, stops: Iterable[int]) -> dict[str, Any]:
     """vLLM `SamplingParams` arguments for one job on vLLM's own sampler: the job's sampling, its
     sample's request seed, and the sampled token's logprob (logprobs=0)."""
@@ -288,6 +296,7 @@ class VllmEngine:
             seed=0,
             **runner_args(noise),
         )
+        check_runner(llm, noise)
         return cls(llm, name, noise)
 
     def close(self) -> None:
