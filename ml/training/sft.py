@@ -45,6 +45,7 @@ class _Data:
     eval_masks: list[list[int] | None]
     pad_id: int
     precision: str  # a picked one: float32 or bf16-mixed
+    micro_batch: int  # rows per forward pass: the spec's, halved while a step runs out of GPU memory
 
 
 @dataclass
@@ -89,6 +90,7 @@ def _split(tokenizer: Any, rows: Sequence[dict[str, Any]], spec: SftSpec, precis
         eval_masks=[masks[i] for i in held],
         pad_id=int(pad),
         precision=precision,
+        micro_batch=spec.micro_batch or spec.batch_size,
     )
 
 
@@ -138,7 +140,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 def _micro_batches(
     examples: Sequence[Example], masks: Sequence[list[int] | None], data: _Data, spec: SftSpec
 ) -> list[batches.LmBatch]:
-    micro = spec.micro_batch or spec.batch_size
+    micro = data.micro_batch
     return [
         batches.lm_batch(
             examples[start : start + micro],
@@ -159,12 +161,10 @@ def _summed_loss(model: Any, batch: batches.LmBatch, precision: str) -> Any:
     return mean * count
 
 
-def _train_step(model: Any, optimizer: Any, rows: list[int], data: _Data, spec: SftSpec) -> tuple[float, int]:
-    import torch
-
+def _accumulate(model: Any, rows: list[int], data: _Data, spec: SftSpec) -> tuple[float, int]:
+    """The batch's gradients, summed over its micro-batches: (mean token loss, labelled tokens)."""
     parts = _micro_batches([data.train[i] for i in rows], [data.train_masks[i] for i in rows], data, spec)
     total_tokens = sum(b.targets for b in parts)
-    optimizer.zero_grad(set_to_none=True)
     loss_total = 0.0
     for batch in parts:
         summed = _summed_loss(model, batch, data.precision)
@@ -172,9 +172,37 @@ def _train_step(model: Any, optimizer: Any, rows: list[int], data: _Data, spec: 
         # gradient of the batch's mean token loss, whatever the micro-batch split.
         (summed / max(1, total_tokens)).backward()
         loss_total += float(summed.detach())
+    return loss_total / max(1, total_tokens), total_tokens
+
+
+def _train_step(model: Any, optimizer: Any, rows: list[int], data: _Data, spec: SftSpec) -> tuple[float, int]:
+    """One optimizer step. A batch that runs out of GPU memory is tried again in micro-batches of
+    half the rows (same gradient), down to one row; the smaller size is kept for later steps."""
+    import torch
+
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss, tokens = _accumulate(model, rows, data, spec)
+            break
+        except torch.OutOfMemoryError:
+            if data.micro_batch == 1:
+                raise
+        _shrink(data)  # outside the handler, whose traceback still holds the failed pass's tensors
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
-    return loss_total / max(1, total_tokens), total_tokens
+    return loss, tokens
+
+
+def _shrink(data: _Data) -> None:
+    import gc
+
+    import torch
+
+    data.micro_batch = max(1, data.micro_batch // 2)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evaluate_loss(model: Any, data: _Data, spec: SftSpec) -> float | None:
@@ -317,6 +345,7 @@ def _finish(model: Any, spec: SftSpec, workdir: Path, state: _State, data: _Data
         "method": spec.method,
         "precision": data.precision,
         "packing": spec.packing,
+        "micro_batch": data.micro_batch,
     }
     return SftResult(weights, adapter, _jsonable(adapter_config), state.curve, metrics)
 

@@ -126,6 +126,35 @@ def test_packed_and_padded_training_take_the_same_steps(tmp_path: Path) -> None:
         assert a == pytest.approx(b, rel=1e-4)
 
 
+def test_a_batch_out_of_gpu_memory_is_retried_in_smaller_micro_batches(tmp_path: Path) -> None:
+    """The GPU's limit stood in for by a hook that refuses embedding lookups of more than two rows,
+    as an allocator would refuse the memory of a too-large pass."""
+    import torch
+
+    def gpu_limit(rows: int) -> Any:
+        def refuse(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if isinstance(module, torch.nn.Embedding) and args[0].shape[0] > rows:
+                raise torch.OutOfMemoryError(f"CUDA out of memory: {args[0].shape[0]} rows")
+
+        return torch.nn.modules.module.register_module_forward_pre_hook(refuse)
+
+    handle = gpu_limit(2)
+    try:
+        shrunk = _train(tmp_path / "shrunk", packing=False)
+    finally:
+        handle.remove()
+    chosen = _train(tmp_path / "chosen", packing=False, micro_batch=2)
+    assert (shrunk.metrics["micro_batch"], chosen.metrics["micro_batch"]) == (2, 2)
+    for (_, a), (_, b) in zip(shrunk.curve["train"], chosen.curve["train"], strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+    handle = gpu_limit(0)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            _train(tmp_path / "hopeless", packing=False)
+    finally:
+        handle.remove()
+
+
 def test_bf16_mixed_keeps_float32_weights_and_tracks_the_float32_curve(tmp_path: Path) -> None:
     from safetensors import safe_open
 
