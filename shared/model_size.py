@@ -1,9 +1,13 @@
 """How big a model is, read from its files without torch: the coordinator tells workers the size of
-each model with jobs waiting, and a worker checks what fits its memory before it loads one.
+each model with jobs waiting, a worker checks what fits its memory before it loads one, the API
+bounds token ids by the vocabulary, and credit pays by the work a token costs.
 
-The parameter count is an estimate from the config's shapes (embeddings, attention, MLP per layer,
-experts); the byte count is that of the weight files where they are on disk, else the estimate at
-the config's dtype.
+Parameter counts are estimates from the config's shapes (embeddings, attention, MLP per layer,
+experts): `config_parameters` counts every weight (memory), `active_parameters` the matrices one
+generated token multiplies through (compute: only the experts it is routed to, and no input
+embedding, which is a lookup). The byte count is that of the weight files where they are on disk,
+else the estimate at the config's dtype. This is the one place that finds and reads a model's
+config without torch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,18 @@ from shared.assets import resolve_model
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8}
 # Families whose MLP is two matrices (up, down); the others gate it with a third.
-UNGATED = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi", "codegen"}
+UNGATED = {
+    "gpt2",
+    "gpt_neox",
+    "gptj",
+    "opt",
+    "bloom",
+    "falcon",
+    "gpt_bigcode",
+    "phi",
+    "codegen",
+    "starcoder2",
+}
 
 
 @dataclass(frozen=True)
@@ -43,24 +58,63 @@ def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def config_parameters(config: Mapping[str, Any]) -> int | None:
-    """An estimate of a decoder's parameter count from its config, or None when the shapes are
-    not named. Norms and biases are left out: they are a rounding error at any size that matters."""
+    """An estimate of a decoder's parameter count from its config (every expert; the input and
+    output embeddings once each unless tied), or None when the shapes are not named. Norms and
+    biases are left out: they are a rounding error at any size that matters."""
+    c, shape = _shape(config)
+    if shape is None:
+        return None
+    hidden, layers, vocab = shape
+    tied = c.get("tie_word_embeddings", config.get("tie_word_embeddings", True)) is not False
+    return layers * (_attention(c, hidden) + _mlp(c, hidden, active=False)) + vocab * hidden * (
+        1 if tied else 2
+    )
+
+
+def active_parameters(config: Mapping[str, Any]) -> int | None:
+    """The matrix parameters one generated token multiplies through: attention, the MLP experts it
+    is routed to (and shared ones), and the output projection; None when the shapes are not named."""
+    c, shape = _shape(config)
+    if shape is None:
+        return None
+    hidden, layers, vocab = shape
+    return layers * (_attention(c, hidden) + _mlp(c, hidden, active=True)) + vocab * hidden
+
+
+def _shape(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], tuple[int, int, int] | None]:
     c = text_config(config)
+    if c is not config and "model_type" not in c:
+        c = {**c, "model_type": config.get("model_type")}
     hidden = _int(c, "hidden_size", "n_embd", "d_model")
     layers = _int(c, "num_hidden_layers", "n_layer", "num_layers")
     vocab = _int(c, "vocab_size")
     if hidden is None or layers is None or vocab is None:
-        return None
+        return c, None
+    return c, (hidden, layers, vocab)
+
+
+def _attention(c: Mapping[str, Any], hidden: int) -> int:
     heads = _int(c, "num_attention_heads", "n_head") or 1
     kv_heads = _int(c, "num_key_value_heads") or heads
     head_dim = _int(c, "head_dim") or hidden // heads
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o + k, v
-    experts = _int(c, "num_local_experts", "num_experts", "n_routed_experts") or 1
-    inner = _int(c, "moe_intermediate_size") if experts > 1 else None
-    inner = inner or _int(c, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
-    mlp = (2 if c.get("model_type") in UNGATED else 3) * hidden * inner * experts
-    tied = c.get("tie_word_embeddings", config.get("tie_word_embeddings", True)) is not False
-    return layers * (attention + mlp) + vocab * hidden * (1 if tied else 2)
+    return 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o + k, v
+
+
+def _mlp(c: Mapping[str, Any], hidden: int, active: bool) -> int:
+    matrices = 2 if c.get("model_type") in UNGATED else 3  # up, down (+ gate: SwiGLU, GeGLU)
+    dense = _int(c, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+    experts = _int(c, "num_local_experts", "num_experts", "n_routed_experts")
+    if experts is None or experts <= 1:
+        return matrices * hidden * dense
+    expert = _int(c, "moe_intermediate_size") or dense
+    routed = _int(c, "num_experts_per_tok", "num_experts_per_token") if active else None
+    shared = (_int(c, "shared_expert_intermediate_size") or 0) + (_int(c, "n_shared_experts") or 0) * expert
+    return matrices * hidden * ((routed or experts) * expert + shared)
+
+
+def vocab_size(config: Mapping[str, Any]) -> int | None:
+    """The vocabulary size a config names (its text model's, for a multimodal one)."""
+    return _int(text_config(config), "vocab_size") or _int(config, "vocab_size")
 
 
 def dtype_bytes(config: Mapping[str, Any]) -> int:

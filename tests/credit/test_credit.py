@@ -17,6 +17,7 @@ from coordinator.credit.models import CreditGrant
 from coordinator.db import transaction, utcnow
 from coordinator.results.models import Trace
 from shared.assets import tiny_model_dir
+from shared.model_size import active_parameters
 from shared.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.coordinator.conftest import Api
 from tests.coordinator.helpers import make_campaign, trace_for
@@ -24,7 +25,7 @@ from tests.trust.helpers import generate, lease, settle, submission, submit
 from tests.trust.helpers import worker_id as id_of
 from worker.engines.hf import TransformersEngine
 
-TINY_PARAMETERS = rates.estimate(json.loads((tiny_model_dir() / "config.json").read_text())) or 0
+TINY_PARAMETERS = active_parameters(json.loads((tiny_model_dir() / "config.json").read_text())) or 0
 
 
 def _register(api: Api, name: str, team: str | None = None, **extra: Any) -> dict[str, str]:
