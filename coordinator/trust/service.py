@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, get_args
 
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ from coordinator.trust.models import (
 from coordinator.trust.policy import check_probability, drawn
 from coordinator.workers import service as workers
 from coordinator.workers.models import Worker
-from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec, Scope
+from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec, NoiseScheme, Scope
 from shared.trust_types import Outcome, TrustOut, ValidationOut, WorkerState
 
 RECENT = 20  # validations listed on a worker's record
@@ -55,6 +55,7 @@ class Pending:
     finish_reason: str
     text: str
     worker_dtype: str
+    noise: NoiseScheme | None  # the engine's noise scheme, as it was validated at submission
 
 
 # --------------------------------------------------------------------------- the spot-check decision
@@ -151,6 +152,12 @@ def _base_of(session: Session, name: str, revision: str | None) -> tuple[str, st
 # --------------------------------------------------------------------------- validation outcomes
 
 
+def _scheme(value: object) -> NoiseScheme | None:
+    """A stored trace's noise scheme; one this coordinator does not know replays as Flywheel's own
+    (and so fails, rather than being waved through)."""
+    return cast(NoiseScheme, value) if value in get_args(NoiseScheme) else None
+
+
 def pending(session: Session, trace_ids: Sequence[uuid.UUID]) -> list[Pending]:
     """The traces among these still waiting for validation, with the job specs their workers got
     (built by the lease path's own function, so the validator checks exactly what was asked)."""
@@ -168,6 +175,7 @@ def pending(session: Session, trace_ids: Sequence[uuid.UUID]) -> list[Pending]:
             finish_reason=trace.finish_reason,
             text=trace.text,
             worker_dtype=str(trace.engine.get("dtype", "")),
+            noise=_scheme(trace.engine.get("noise")),
         )
         for trace, spec in zip(waiting, specs, strict=True)
     ]

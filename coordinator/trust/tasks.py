@@ -95,7 +95,8 @@ def _check(
 ) -> list[service.Result]:
     """Validate a batch; should it raise, each trace alone, so that only the culprit fails."""
     submitted = [
-        Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype) for i in items
+        Submitted(i.spec, i.tokens, i.logprobs, i.finish_reason, i.text, i.worker_dtype, i.noise)
+        for i in items
     ]
     try:
         checked = validate(scorer, submitted, noise=noise)

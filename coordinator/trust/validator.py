@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from coordinator.trust.policy import tolerance
 from ml.rescore import Case, Claim, JobRules, rescore_many
 from ml.scorer import Scorer, wait_for
-from shared.protocol import JobSpec
+from shared.protocol import JobSpec, NoiseScheme
 from shared.trust_types import Outcome
 
 
@@ -24,6 +24,7 @@ class Submitted:
     finish_reason: str
     text: str
     worker_dtype: str
+    noise: NoiseScheme | None = None  # the engine's noise scheme (EngineInfo.noise); None: Flywheel's
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,17 @@ class Checked:
     prefill_seconds: float = 0.0  # of which the prefill
 
 
-def rules_for(scorer: Scorer, spec: JobSpec, prompt_tokens: int) -> JobRules:
+def rules_for(
+    scorer: Scorer, spec: JobSpec, prompt_tokens: int, noise: NoiseScheme | None = None
+) -> JobRules:
     """What the worker's engine was bound by: the job's sampling and budget, the model's stop ids,
-    and max_tokens cut to what the model's context leaves after the prompt."""
+    max_tokens cut to what the model's context leaves after the prompt, and the noise scheme its
+    sampler drew with (keyed, for vLLM's, by positions counted from the prompt the validator
+    tokenized itself)."""
     budget = spec.budget
     return JobRules(
+        noise=noise,
+        prompt_tokens=prompt_tokens,
         sampling=spec.sampling,
         sample_index=spec.sample_index,
         limit=max(0, min(spec.sampling.max_tokens, scorer.context - prompt_tokens)),
@@ -59,7 +66,7 @@ def validate(
     One prefill per group of traces (ml/scorer.py), then one scoring pass over all their rows; each
     trace is charged its share of both, by token count."""
     prompts = [scorer.prompt_ids(t.spec.messages) for t in traces]
-    rules = [rules_for(scorer, t.spec, len(p)) for t, p in zip(traces, prompts, strict=True)]
+    rules = [rules_for(scorer, t.spec, len(p), t.noise) for t, p in zip(traces, prompts, strict=True)]
     # A claim the model cannot replay never reaches it: one bad id in a batch would fail the whole
     # prefill (on CUDA, poison the process), so it fails alone here, before any tensor is built.
     problems = [unreplayable(scorer, t, rules[i], len(prompts[i])) for i, t in enumerate(traces)]
