@@ -84,8 +84,12 @@ class EngineInfo(Wire):
     version: str = Field(default="", max_length=64)
     dtype: str = Field(default="", max_length=32)
     device: str = Field(default="", max_length=64)
+    # Left out of the JSON when None, so a coordinator that predates the field (it refuses unknown
+    # fields) still takes traces from engines that use Flywheel's own noise.
     noise: NoiseScheme | None = Field(
-        default=None, description="the seeded sampler's noise scheme; absent: flywheel-lowbias32-v1"
+        default=None,
+        description="the seeded sampler's noise scheme; absent: flywheel-lowbias32-v1",
+        exclude_if=lambda value: value is None,
     )
 
 

@@ -73,3 +73,19 @@ def test_a_policy_url_is_a_plain_path_under_the_coordinator(url: str) -> None:
 if __name__ == "__main__":
     SNAPSHOT.write_text(json.dumps(current_schema(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT}")
+
+
+def test_an_engine_without_a_noise_scheme_is_read_by_a_coordinator_that_predates_it() -> None:
+    fields: dict[str, Any] = {
+        k: (f.annotation, f) for k, f in protocol.EngineInfo.model_fields.items() if k != "noise"
+    }
+    older = create_model("OlderEngineInfo", __base__=protocol.Wire, **fields)
+    plain = protocol.EngineInfo(name="transformers", dtype="float32")
+    assert "noise" not in plain.model_dump_json()
+    assert older.model_validate_json(plain.model_dump_json()).model_dump() == plain.model_dump(
+        exclude={"noise"}
+    )
+    vllm = protocol.EngineInfo(name="vllm", noise=protocol.NOISE_VLLM_GUMBEL)
+    assert protocol.EngineInfo.model_validate_json(vllm.model_dump_json()).noise == protocol.NOISE_VLLM_GUMBEL
+    with pytest.raises(ValidationError):  # an older coordinator refuses what it cannot replay
+        older.model_validate_json(vllm.model_dump_json())
