@@ -23,7 +23,7 @@ from worker.config import (
     default_config_file,
     load_config,
 )
-from worker.errors import AuthError, ConfigError, EngineError, PolicyError, WorkerError
+from worker.errors import AuthError, ConfigError, EngineError, PolicyError, RejectedError, WorkerError
 
 log = logging.getLogger("flywheel.worker")
 EXIT_ERROR = 1
@@ -53,7 +53,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--token", help="worker token from `flywheel worker register` (or FLYWHEEL_WORKER_TOKEN)")
+    add(
+        "--token",
+        help="worker token from `flywheel worker register` (or FLYWHEEL_WORKER_TOKEN); without one,"
+        " the token a first start stored in the state dir, else a new registration",
+    )
     add("--device", choices=["cpu", "cuda", "auto"], help="default: auto (cuda when available)")
     add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default: auto")
     add("--gpus", help="GPU indices to use, e.g. 0 or 0,1 (default: all visible)")
@@ -167,15 +171,13 @@ def run(config: WorkerConfig) -> int:
     from worker.spool import Spool
     from worker.state import StateStore
 
-    if config.token is None:
-        hint = "get one with `flywheel worker register`"
-        raise ConfigError(f"no token: pass --token or set {ENV_PREFIX}TOKEN ({hint})")
+    config = _with_token(config)
     stop = threading.Event()
     controls = Controls(StateStore(config.state_path), config.parsed_schedule, config.max_jobs_per_day)
     install_signal_handlers(stop, controls)
     progress = make_progress(config.progress)
     configure_logging(config.log_level, progress.console if isinstance(progress, RichProgress) else None)
-    token = config.token.get_secret_value()
+    token = config.token.get_secret_value() if config.token is not None else ""
     with CoordinatorClient(
         config.coordinator, token, retry=config.retry, timeout_s=config.request_timeout_s, stop=stop
     ) as client:
@@ -185,6 +187,65 @@ def run(config: WorkerConfig) -> int:
             return _serve(config, client, spool, progress, controls, stop)
         finally:
             spool.close()
+
+
+TOKEN_FILE = "token"  # in the state dir, mode 0600: the token a first start registered
+
+
+def _with_token(config: WorkerConfig) -> WorkerConfig:
+    """The configuration with a token: the one given, else the one a first start stored in the
+    state dir, else a new registration (where the coordinator lets anyone register), stored there."""
+    from pydantic import SecretStr
+
+    if config.token is not None:
+        return config
+    path = config.state_path / TOKEN_FILE
+    if path.is_file():
+        return config.model_copy(update={"token": SecretStr(path.read_text(encoding="utf-8").strip())})
+    try:
+        response = _register(config, None, None)
+    except (AuthError, RejectedError) as exc:
+        hint = "get one with `flywheel worker register --invite-code CODE`, or from the operator"
+        refused = f"no token, and the coordinator refused to register one ({exc.message})"
+        raise ConfigError(f"{refused}: pass --token or set {ENV_PREFIX}TOKEN; {hint}") from exc
+    _store_token(path, response.token)
+    print(_first_contact(config, response.worker_id, path), file=sys.stderr, flush=True)
+    return config.model_copy(update={"token": SecretStr(response.token)})
+
+
+def _store_token(path: Path, token: str) -> None:
+    """Written owner-only from the start (never world-readable for an instant), then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token + "\n")
+    os.replace(partial, path)
+
+
+def _first_contact(config: WorkerConfig, worker_id: Any, path: Path) -> str:
+    """What a volunteer is told the first time: who it is, what it will run where, how to stop it."""
+    if config.device == "cpu":
+        where = "the CPU"
+    else:
+        gpus = f"GPUs {config.gpus}" if config.gpus else "every GPU it sees"
+        share = (
+            f"{config.gpu_memory_fraction:.0%} of their memory"
+            if config.gpu_memory_fraction
+            else "their memory"
+        )
+        where = f"{gpus}, up to {share}"
+    work = config.model or "the models the coordinator has jobs for that fit this machine"
+    when = f" on the schedule {config.schedule!r}" if config.schedule else " whenever it runs"
+    state = f"--state-dir {config.state_path}"
+    return "\n".join([
+        f"registered with {config.coordinator} as {config.name!r} (worker {worker_id})",
+        f"its token is stored in {path} (readable by you alone); later starts use it",
+        f"it will generate with {work} on {where}{when}",
+        f"pause at once: `flywheel worker pause {state}` (or kill -USR1 {os.getpid()}); "
+        f"resume: `flywheel worker resume {state}`; stop: Ctrl-C",
+    ])  # fmt: skip
 
 
 def _check_coordinator(config: WorkerConfig, client: Any) -> None:
@@ -242,20 +303,29 @@ def _serve_model(
 
 
 def register(config: WorkerConfig, invite_code: str | None = None, team: str | None = None) -> int:
+    configure_logging(config.log_level)
+    response = _register(config, invite_code, team)
+    # The token alone goes to stdout, so `TOKEN=$(flywheel worker register ...)` works.
+    say = f"registered worker {response.worker_id} as {config.name!r} ({response.scope.value}); run it with:"
+    print(f"{say}\n  flywheel worker run --coordinator {config.coordinator} --token <token>", file=sys.stderr)
+    print(response.token)
+    return 0
+
+
+def _register(config: WorkerConfig, invite_code: str | None, team: str | None) -> Any:
     from pydantic import ValidationError
 
     from shared.protocol import EngineInfo, RegisterRequest
     from worker.client import CoordinatorClient
     from worker.hardware import detect_hardware
 
-    configure_logging(config.log_level)
     engine = EngineInfo(name=config.engine)
     try:
         request = RegisterRequest(
             name=config.name,
             engine=engine,
             hardware=detect_hardware(),
-            models=[config.model],
+            models=[config.model] if config.model else [],
             invite_code=invite_code,
             team=team,
         )
@@ -266,12 +336,7 @@ def register(config: WorkerConfig, invite_code: str | None = None, team: str | N
     timeout = config.request_timeout_s
     with CoordinatorClient(config.coordinator, retry=config.retry, timeout_s=timeout) as client:
         client.check_protocol()
-        response = client.register(request)
-    # The token alone goes to stdout, so `TOKEN=$(flywheel worker register ...)` works.
-    say = f"registered worker {response.worker_id} as {config.name!r} ({response.scope.value}); run it with:"
-    print(f"{say}\n  flywheel worker run --coordinator {config.coordinator} --token <token>", file=sys.stderr)
-    print(response.token)
-    return 0
+        return client.register(request)
 
 
 # ---------------------------------------------------------------------- pause / resume / status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import make_job
-from worker_fakes import FakeCoordinator
+from worker_fakes import FakeCoordinator, error_reply
 
 from shared.protocol import API_PREFIX, Routes, TraceSubmission
 
@@ -136,21 +137,47 @@ def test_register_prints_the_token(coordinator: FakeCoordinator) -> None:
     assert "box-1" in proc.stderr
 
 
-def test_missing_token_is_a_usage_error(coordinator: FakeCoordinator, tmp_path: Path) -> None:
+def first_start(
+    coordinator: FakeCoordinator, tiny_model: str, state: Path
+) -> subprocess.CompletedProcess[str]:
+    """`flywheel worker run` with no token anywhere: a volunteer's first start."""
     cmd = [
-        sys.executable,
-        "-m",
-        "flywheel",
-        "worker",
-        "run",
-        "--coordinator",
-        coordinator.url,
-        "--spool",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=60)
+        sys.executable, "-m", "flywheel", "worker", "run", "--coordinator", coordinator.url,
+        "--model", tiny_model, "--device", "cpu", "--state-dir", str(state), "--name", "first-box",
+        "--progress", "plain", "--poll-interval", "0.2", "--exit-when-idle", "0.5",
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=240)
+
+
+REGISTER = API_PREFIX + Routes.register
+
+
+def test_a_first_start_registers_keeps_the_token_private_and_says_how_to_pause(
+    coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = first_start(coordinator, tiny_model, state)
+    assert first.returncode == 0, first.stderr
+    stored = state / "token"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stored.read_text().strip().startswith("fw_")
+    assert "registered with" in first.stderr and str(stored) in first.stderr
+    assert f"flywheel worker pause --state-dir {state}" in first.stderr and "kill -USR1" in first.stderr
+    assert "on the CPU" in first.stderr
+    again = first_start(coordinator, tiny_model, state)
+    assert again.returncode == 0, again.stderr
+    assert "registered with" not in again.stderr  # the stored token is used: no second identity
+    assert coordinator.count(REGISTER) == 1
+
+
+def test_a_first_start_the_coordinator_refuses_is_a_usage_error(
+    coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
+) -> None:
+    coordinator.fail_next(REGISTER, error_reply(403, "forbidden", "registration is closed"))
+    proc = first_start(coordinator, tiny_model, tmp_path / "state")
     assert proc.returncode == 2
-    assert "no token" in proc.stderr
+    assert "no token" in proc.stderr and "registration is closed" in proc.stderr
+    assert not (tmp_path / "state" / "token").exists()
 
 
 def flywheel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
