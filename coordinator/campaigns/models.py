@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
 
@@ -17,6 +17,17 @@ class CampaignStatus(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     DONE = "done"
+
+
+class CampaignDtype(Base):
+    """One compute dtype a campaign takes work computed in (docs/trust.md: why restrict it)."""
+
+    __tablename__ = "campaign_dtypes"
+
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        GUID, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    dtype: Mapped[str] = mapped_column(String(16), primary_key=True)
 
 
 class Campaign(Base):
@@ -31,7 +42,9 @@ class Campaign(Base):
     samples_per_problem: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
     budget: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
-    # ",float32," style (delimited, so a LIKE on one dtype matches it alone); None: any dtype
-    worker_dtypes: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The compute dtypes it takes work in; none: any dtype.
+    dtypes: Mapped[list[CampaignDtype]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
+    )
     status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.RUNNING, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -6,9 +6,20 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator.campaigns.models import Campaign
+from coordinator.campaigns.models import Campaign, CampaignDtype
 from coordinator.jobs.models import Job
 from coordinator.results.models import ACCEPTED, REJECTED, Trace
+
+
+def dtypes_of(session: Session, campaign_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, frozenset[str]]:
+    """campaign id -> the dtypes it takes work in, for those among these that restrict them."""
+    query = select(CampaignDtype.campaign_id, CampaignDtype.dtype).where(
+        CampaignDtype.campaign_id.in_(campaign_ids)
+    )
+    found: dict[uuid.UUID, set[str]] = {}
+    for campaign_id, dtype in session.execute(query):
+        found.setdefault(campaign_id, set()).add(dtype)
+    return {campaign_id: frozenset(names) for campaign_id, names in found.items()}
 
 
 def add(session: Session, campaign: Campaign) -> Campaign:

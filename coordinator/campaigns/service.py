@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from coordinator.campaigns import repository
-from coordinator.campaigns.models import Campaign, CampaignStatus
+from coordinator.campaigns.models import Campaign, CampaignDtype, CampaignStatus
 from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.jobs import repository as jobs_repository
 from coordinator.jobs.models import LEASED, QUEUED
@@ -51,9 +51,7 @@ def create(session: Session, request: CampaignCreate) -> Campaign:
             samples_per_problem=request.samples_per_problem,
             seed=request.seed,
             budget=request.budget.model_dump() if request.budget else None,
-            worker_dtypes=",".join(["", *sorted(set(request.worker_dtypes)), ""])
-            if request.worker_dtypes
-            else None,
+            dtypes=[CampaignDtype(dtype=d) for d in sorted(set(request.worker_dtypes or ()))],
         ),
     )
     problem_ids = problems_repository.problem_ids(session, problem_set.id)
@@ -113,7 +111,7 @@ def to_out(session: Session, campaign: Campaign) -> CampaignOut:
         sampling=SamplingParams.model_validate(campaign.sampling),
         samples_per_problem=campaign.samples_per_problem,
         budget=BudgetForcing.model_validate(campaign.budget) if campaign.budget else None,
-        worker_dtypes=[d for d in campaign.worker_dtypes.split(",") if d] if campaign.worker_dtypes else None,
+        worker_dtypes=sorted(d.dtype for d in campaign.dtypes) or None,
         status=CampaignStatus.DONE if done else CampaignStatus(campaign.status),
         created_at=campaign.created_at,
         progress=report,

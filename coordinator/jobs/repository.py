@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from coordinator.campaigns.models import Campaign, CampaignStatus
+from coordinator.campaigns.models import Campaign, CampaignDtype, CampaignStatus
 from coordinator.db import one_of
 from coordinator.jobs.models import DONE, LEASED, QUEUED, SUBMITTED, Job
 from coordinator.problems.models import Problem
@@ -62,9 +62,7 @@ def claim(
     just inserted) PostgreSQL answered it by sorting every queued job, on every lease.
     """
     j, c = JOBS.c, CAMPAIGNS.c
-    # autoescape: the dtype is the caller's string, and `%` or `_` in it must match only themselves.
-    takes = c.worker_dtypes.contains(f",{dtype},", autoescape=True)
-    running = select(c.id).where(c.status == CampaignStatus.RUNNING, or_(c.worker_dtypes.is_(None), takes))
+    running = select(c.id).where(c.status == CampaignStatus.RUNNING, _takes(c.id, dtype))
     if models:
         running = running.where(one_of(session, c.model_name, models))
     leasable = or_(j.status == QUEUED, and_(j.status == LEASED, j.lease_deadline < now))
@@ -94,9 +92,15 @@ def waiting_by_model(session: Session, dtype: str | None, now: datetime, limit: 
         .limit(limit)
     )
     if dtype:
-        takes = c.worker_dtypes.contains(f",{dtype},", autoescape=True)
-        query = query.where(or_(c.worker_dtypes.is_(None), takes))
+        query = query.where(_takes(c.id, dtype))
     return session.execute(query).all()
+
+
+def _takes(campaign_id: ColumnElement[Any], dtype: str) -> ColumnElement[bool]:
+    """The campaign takes work computed in `dtype`: it names no dtypes, or names this one."""
+    d = CampaignDtype
+    restricted = exists().where(d.campaign_id == campaign_id)
+    return or_(~restricted, exists().where(d.campaign_id == campaign_id, d.dtype == dtype))
 
 
 def spec_parts(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobRow]:
@@ -190,7 +194,7 @@ def lock_for_submit(session: Session, lease_ids: Sequence[uuid.UUID], lock: bool
     j, c = JOBS.c, CAMPAIGNS.c
     max_tokens = c.sampling["max_tokens"].as_integer().label("max_tokens")
     query = (
-        select(j.id, j.lease_id, j.worker_id, j.status, j.campaign_id, max_tokens, c.worker_dtypes)
+        select(j.id, j.lease_id, j.worker_id, j.status, j.campaign_id, max_tokens)
         .select_from(JOBS.join(CAMPAIGNS, c.id == j.campaign_id))
         .where(one_of(session, j.lease_id, lease_ids))
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from coordinator.campaigns import repository as campaigns_repository
 from coordinator.db import utcnow
 from coordinator.jobs import repository as jobs_repository
 from coordinator.jobs.models import DONE, LEASED, SUBMITTED
@@ -96,7 +97,9 @@ class _Batch:
         self.owners = repository.attempt_owners(session, [r.attempt_id for r in results])
         self.jobs = jobs_repository.lock_for_submit(session, [r.lease_id for r in results], lock)
         self.status = {job.id: job.status for job in self.jobs.values()}
-        self.vocab = trust.vocab_limits(session, sorted({job.campaign_id for job in self.jobs.values()}))
+        campaign_ids = sorted({job.campaign_id for job in self.jobs.values()})
+        self.vocab = trust.vocab_limits(session, campaign_ids)
+        self.dtypes = campaigns_repository.dtypes_of(session, campaign_ids) if campaign_ids else {}
         finished = [job.id for job in self.jobs.values() if job.status in (SUBMITTED, DONE)]
         self.stored_leases = repository.lease_of_jobs(session, finished) if finished else {}
         self.new_rows: list[dict[str, Any]] = []
@@ -128,10 +131,10 @@ class _Batch:
         if result.finish_reason == FinishReason.error:
             self.requeue.append(job.id)  # the worker gave up: hand the job to someone else now
             return _ack(result, AckStatus.rejected, "generation error reported; job returned to the pool")
-        dtypes = job.worker_dtypes
-        if dtypes and f",{result.engine.dtype}," not in dtypes:
+        dtypes = self.dtypes.get(job.campaign_id)
+        if dtypes and result.engine.dtype not in dtypes:
             self.requeue.append(job.id)  # another worker, one the campaign accepts, takes it now
-            accepted = " or ".join(d for d in dtypes.split(",") if d)
+            accepted = " or ".join(sorted(dtypes))
             claimed = result.engine.dtype or "an unnamed dtype"
             reason = f"this campaign takes work computed in {accepted}, not {claimed}"
             return _ack(result, AckStatus.rejected, reason)
