@@ -134,7 +134,8 @@ def test_a_paused_export_blocks_no_writer_and_holds_no_transaction(api: Api, bac
 
 def _unchunked(body: bytes) -> bytes:
     """The body of a chunked response (the server streams the export in chunks)."""
-    parts, rest = [], body
+    parts: list[bytes] = []
+    rest = body
     while True:
         size_line, rest = rest.split(b"\r\n", 1)
         size = int(size_line.split(b";")[0], 16)

@@ -25,9 +25,8 @@ def dense_scores(
     eps: Sequence[float],
 ) -> tuple[list[float], list[float], list[float]]:
     raw = logits.to(torch.float64)
-    ops = {"dtype": torch.float64}
     greedy = torch.tensor([s.temperature == 0.0 for s in sampling])[:, None]
-    temps = torch.tensor([s.temperature or 1.0 for s in sampling], **ops)[:, None]
+    temps = torch.tensor([s.temperature or 1.0 for s in sampling], dtype=torch.float64)[:, None]
     z = raw / temps
     strict, loose = _allowed_sets(raw, z, sampling, eps, temps)
     vocab = torch.arange(z.shape[-1], dtype=torch.int64)

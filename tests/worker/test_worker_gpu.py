@@ -31,7 +31,8 @@ def wide_model(tmp_path: Path) -> TransformersEngine:
         vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2048, num_hidden_layers=16,
         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
     )  # fmt: skip
-    model = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    # transformers wraps `.to` in a decorator whose type mypy reads as unbound
+    model = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16).eval()  # type: ignore[call-arg,arg-type]
     engine = TransformersEngine(model, tokenizer, "wide", "cuda")
     engine.stops = set()  # random weights: no row may end early, every row uses its full budget
     return engine
