@@ -32,7 +32,7 @@ def wide_model(tmp_path: Path) -> TransformersEngine:
         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
     )  # fmt: skip
     # transformers wraps `.to` in a decorator whose type mypy reads as unbound
-    model = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16).eval()  # type: ignore[call-arg,arg-type]
+    model = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16).eval()  # type: ignore[arg-type]
     engine = TransformersEngine(model, tokenizer, "wide", "cuda")
     engine.stops = set()  # random weights: no row may end early, every row uses its full budget
     return engine
