@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from coordinator.config import Settings
 from coordinator.db import utcnow
 from coordinator.jobs import repository
-from coordinator.pipeline import rl
 from coordinator.workers import service as workers
 from shared.model_size import ModelSize, local_size
 from shared.protocol import (
@@ -25,6 +25,7 @@ from shared.protocol import (
     LeaseGrant,
     LeaseRequest,
     ModelRef,
+    PolicyList,
     PolicyRef,
     ReleaseRequest,
     ReleaseResponse,
@@ -36,6 +37,26 @@ from shared.protocol import (
 
 MAX_WAITING_MODELS = 256  # WaitingModels.models' bound: far more models than campaigns run at once
 _SIZES: dict[tuple[str, str | None], ModelSize] = {}
+
+
+class Rollouts(Protocol):
+    """What leasing needs from the area that runs RL (the pipeline), without knowing what GRPO is:
+    the policy version and group of each of its rollout jobs, for their specs, and the policy
+    versions that have jobs waiting. The pipeline hands itself over with `serve_rollouts`."""
+
+    def rollout_refs(
+        self, session: Session, job_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[PolicyRef, RolloutGroupRef]]: ...
+
+    def live_policies(self, session: Session, base_model: str | None) -> PolicyList: ...
+
+
+_rollouts: list[Rollouts] = []  # at most one: the pipeline's
+
+
+def serve_rollouts(rollouts: Rollouts) -> None:
+    """Called once when the pipeline package is imported (coordinator/pipeline/__init__.py)."""
+    _rollouts[:] = [rollouts]
 
 
 def lease(
@@ -106,7 +127,7 @@ def _rollout_refs(
     """Policy version and group of the GRPO rollout jobs among these; only jobs whose model is a
     pipeline artifact can be rollouts, so other batches cost no query."""
     ids = [row.id for row in rows if parts[row.id].model_name.startswith(ARTIFACT_MODEL_PREFIX)]
-    return rl.rollout_refs(session, ids) if ids else {}
+    return _rollouts[0].rollout_refs(session, ids) if ids and _rollouts else {}
 
 
 def heartbeat(
@@ -135,11 +156,11 @@ def release(session: Session, principal: workers.Principal, request: ReleaseRequ
 def waiting_models(session: Session, dtype: str | None) -> WaitingModels:
     """The models with jobs a lease could take now, most jobs first, with their sizes where this
     machine holds their config: what a worker that picks its own work chooses from. A policy version
-    is sized by its weights file and the base model it is built on (`rl.live_policies`)."""
+    is sized by its weights file and the base model it is built on (`Rollouts.live_policies`)."""
     rows = repository.waiting_by_model(session, dtype, utcnow(), MAX_WAITING_MODELS)
     policies: dict[str, PolicyRef] = {}
-    if any(row.model_name.startswith(ARTIFACT_MODEL_PREFIX) for row in rows):
-        policies = {ref.model_name: ref for ref in rl.live_policies(session, None).policies}
+    if _rollouts and any(row.model_name.startswith(ARTIFACT_MODEL_PREFIX) for row in rows):
+        policies = {ref.model_name: ref for ref in _rollouts[0].live_policies(session, None).policies}
     return WaitingModels(models=[_waiting(row, policies.get(row.model_name)) for row in rows])
 
 
