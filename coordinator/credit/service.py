@@ -17,12 +17,11 @@ from sqlalchemy.orm import Session
 
 from coordinator.credit import rates, repository
 from coordinator.db import utcnow
-from coordinator.errors import FlywheelError
 from coordinator.pipeline import service as pipeline
 from coordinator.results.models import PENDING, Trace
 from coordinator.trust.models import USABLE
 from shared.credit_types import Board, Leaderboard, Point, PublicSummary, TeamRow, Throughput, WorkerRow
-from shared.protocol import ARTIFACT_MODEL_PREFIX, CreditOut
+from shared.protocol import CreditOut
 
 log = logging.getLogger(__name__)
 WEEK = timedelta(days=7)
@@ -75,23 +74,13 @@ def campaign_parameters(session: Session, campaign_id: uuid.UUID) -> int:
     model = repository.campaign_model(session, campaign_id)
     if model is None:
         return 0
-    name, revision = _base_of(session, *model)
+    name, revision = pipeline.base_model_of(session, *model)
     found = rates.model_parameters(name, revision)
     if found is None:
         log.warning("no config.json of %s here: its traces earn no credit until it is", name)
         return 0
     _CAMPAIGN_SIZE[campaign_id] = found
     return found
-
-
-def _base_of(session: Session, name: str, revision: str | None) -> tuple[str, str | None]:
-    """A model published as an artifact (a checkpoint, a policy version) has its base model's size."""
-    if not name.startswith(ARTIFACT_MODEL_PREFIX):
-        return name, revision
-    try:
-        return pipeline.base_model_name(session, name), None
-    except FlywheelError:
-        return name, revision
 
 
 # --------------------------------------------------------------------------- teams

@@ -22,7 +22,7 @@ from coordinator.campaigns.models import CampaignStatus
 from coordinator.config import Settings
 from coordinator.datasets import service as datasets
 from coordinator.db import utcnow
-from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.errors import BadRequest, Conflict, FlywheelError, NotFound
 from coordinator.pipeline import repository
 from coordinator.pipeline.artifacts import ArtifactStore
 from coordinator.pipeline.models import (
@@ -301,6 +301,18 @@ def base_model_name(session: Session, name: str) -> str:
     if not name.startswith(ARTIFACT_MODEL_PREFIX):
         return name
     return str(get_artifact(session, name.removeprefix(ARTIFACT_MODEL_PREFIX)).meta["base_model"])
+
+
+def base_model_of(session: Session, name: str, revision: str | None) -> tuple[str, str | None]:
+    """(name, revision) of the model whose config describes `name`: an artifact (a checkpoint, a
+    policy version) shares its base model's vocabulary and size; an artifact this coordinator
+    does not know stands for itself."""
+    if not name.startswith(ARTIFACT_MODEL_PREFIX):
+        return name, revision
+    try:
+        return base_model_name(session, name), None
+    except FlywheelError:
+        return name, revision
 
 
 def read_jsonl(files: ArtifactStore, sha256: str) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any, cast, get_args
 from sqlalchemy.orm import Session
 
 from coordinator.credit import service as credit
-from coordinator.errors import FlywheelError, NotFound
+from coordinator.errors import NotFound
 from coordinator.jobs import service as jobs_service
 from coordinator.pipeline import service as pipeline
 from coordinator.results.models import PENDING, Trace
@@ -37,7 +37,7 @@ from coordinator.trust.models import (
 from coordinator.trust.policy import check_probability, drawn
 from coordinator.workers import service as workers
 from coordinator.workers.models import Worker
-from shared.protocol import ARTIFACT_MODEL_PREFIX, JobSpec, NoiseScheme, Scope
+from shared.protocol import JobSpec, NoiseScheme, Scope
 from shared.trust_types import Outcome, TrustOut, ValidationOut, WorkerState
 
 RECENT = 20  # validations listed on a worker's record
@@ -132,21 +132,10 @@ def vocab_limits(session: Session, campaign_ids: Sequence[uuid.UUID]) -> dict[uu
     unknown = [c for c in campaign_ids if c not in _CAMPAIGN_VOCAB]
     if unknown:
         for campaign_id, (name, revision) in repository.campaign_models(session, unknown).items():
-            size = models_cache.vocab_size(*_base_of(session, name, revision))
+            size = models_cache.vocab_size(*pipeline.base_model_of(session, name, revision))
             if size is not None:
                 _CAMPAIGN_VOCAB[campaign_id] = size
     return {c: _CAMPAIGN_VOCAB[c] for c in campaign_ids if c in _CAMPAIGN_VOCAB}
-
-
-def _base_of(session: Session, name: str, revision: str | None) -> tuple[str, str | None]:
-    """A model published as an artifact (a checkpoint, a policy version) shares its base model's
-    vocabulary."""
-    if not name.startswith(ARTIFACT_MODEL_PREFIX):
-        return name, revision
-    try:
-        return pipeline.base_model_name(session, name), None
-    except FlywheelError:
-        return name, revision
 
 
 # --------------------------------------------------------------------------- validation outcomes
