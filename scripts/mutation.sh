@@ -6,9 +6,10 @@
 # mutmut reads its settings from setup.cfg or pyproject.toml in the directory it runs in, and it
 # writes a mutants/ tree there. Both would collide with other work in this checkout, so the run happens
 # in a scratch copy of the working tree (tracked and untracked, ignored files left out) with its own
-# setup.cfg. The copy is kept between runs ($MUTATION_DIR, default /tmp/flywheel-mutation/<module>):
-# re-running after a test change re-tests only what the change can affect. `mutmut results` and
-# `mutmut show <name>` work inside that directory afterwards. Needs `pip install mutmut` (3.x).
+# setup.cfg ($MUTATION_DIR, default /tmp/flywheel-mutation/<module>). Every run starts from fresh
+# mutants: mutmut keeps a surviving mutant's verdict while its function is unchanged, even after
+# new tests that kill it. `mutmut results` and `mutmut show <name>` work inside that directory
+# afterwards. Needs `pip install mutmut` (3.x).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -22,7 +23,7 @@ scratch=${MUTATION_DIR:-/tmp/flywheel-mutation/$(echo "$module" | tr '/.' '__')}
 package=${module%%/*}
 
 mkdir -p "$scratch"
-# Refresh the copy; mutants/ and mutmut's cache stay, so unchanged results are reused.
+rm -rf "$scratch/mutants"
 (cd "$repo" && git ls-files -co --exclude-standard -z) |
     rsync -a --from0 --files-from=- "$repo/" "$scratch/"
 
@@ -30,6 +31,11 @@ mkdir -p "$scratch"
     echo "[mutmut]"
     echo "source_paths = $package"
     echo "only_mutate = $module"
+    # Fork each mutant's run from a process that has imported the tests but run none: forking from
+    # the process that collected coverage would hand every mutant warm caches (functools.lru_cache
+    # on verifier.math.exact_value) and live verifier pools, so mutated code behind a cache hit
+    # would never run and survive for no reason.
+    echo "process_isolation = forkserver"
     echo "pytest_add_cli_args_test_selection ="
     for selection in "$@"; do echo "    $selection"; done
     # Each test run gets -p no:cacheprovider so the scratch copy never grows a pytest cache.
