@@ -140,21 +140,26 @@ def exact_value(latex: str, percent: str = "value") -> Fraction | None:
     for pattern in (_NUMBER, _FRAC, _SLASH):
         match = pattern.fullmatch(text)
         if match:
-            return _to_fraction(pattern, match.groups()) * scale
+            value = _to_fraction(pattern, match.groups())
+            return None if value is None else value * scale
     return None
 
 
-def _to_fraction(pattern: re.Pattern[str], groups: tuple[str | Any, ...]) -> Fraction:
+def _to_fraction(pattern: re.Pattern[str], groups: tuple[str | Any, ...]) -> Fraction | None:
+    """The number a matched answer denotes; None for a zero denominator, which denotes none (so
+    `5/0` is no number at all, and never equals a gold 0)."""
     if pattern is _NUMBER:
         sign, digits = groups
         value = Fraction(digits.replace(",", "")) if not digits.endswith(".") else Fraction(digits[:-1])
         return -value if sign == "-" else value
     if pattern is _FRAC:
         sign, num, den = groups
-        value = Fraction(int(num), int(den)) if int(den) != 0 else Fraction(0)
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
         return -value if sign == "-" else value
     num, den = groups
-    return Fraction(int(num), int(den)) if int(den) != 0 else Fraction(0)
+    return Fraction(int(num), int(den)) if int(den) != 0 else None
 
 
 def latex_tokens(latex: str, percent: str = "value") -> list[str]:

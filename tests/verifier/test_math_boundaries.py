@@ -91,8 +91,6 @@ def test_only_the_text_after_the_last_think_block_counts() -> None:
         ("1", "\\boxed{12.}", False),
         ("6", "\\boxed{\\frac{6}{1}}", True),
         ("6", "\\boxed{6/1}", True),
-        ("1", "\\boxed{\\frac{1}{0}}", False),  # a zero denominator is never the number
-        ("1", "\\boxed{1/0}", False),
     ],
 )
 def test_exact_path_signs_and_denominators(gold: str, answer: str, passed: bool) -> None:
@@ -101,6 +99,17 @@ def test_exact_path_signs_and_denominators(gold: str, answer: str, passed: bool)
     assert verdict.score == (1.0 if passed else 0.0)
     assert verdict.details["path"] == "exact"
     assert verdict.reason == ("" if passed else "not equal to the reference answer")
+
+
+@pytest.mark.parametrize("gold", ["0", "1", "-5", "\\frac{1}{2}"])
+@pytest.mark.parametrize(
+    "answer", ["\\boxed{\\frac{5}{0}}", "\\boxed{5/0}", "\\boxed{-\\frac{1}{0}}", "\\boxed{0/0}"]
+)
+def test_a_zero_denominator_is_no_number_and_equals_no_gold(gold: str, answer: str) -> None:
+    """`5/0` once read as 0 on the exact path, and so passed for a gold 0."""
+    assert exact_value(answer.removeprefix("\\boxed{").removesuffix("}")) is None
+    verdict = check(gold, answer)
+    assert not verdict.passed and verdict.score == 0.0
 
 
 @pytest.mark.parametrize(
