@@ -3,7 +3,9 @@ later, and only after STALL_ATTEMPTS stalled attempts is what was measured store
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import uuid
 from typing import Any
@@ -41,13 +43,19 @@ def _code_campaign(api: Api) -> dict[str, Any]:
     return dict(r.json())
 
 
-def _pin_task_threads(cpu: int) -> None:
-    """The in-process queue's threads verify, so the sandboxes they start run on `cpu`."""
+def _pin_task_threads(cpu: int | None) -> None:
+    """The in-process queue's threads verify, so the sandboxes they start run on `cpu` (None:
+    on every CPU again, at the usual priority)."""
     threads = [t for t in threading.enumerate() if t.name.startswith("flywheel-task-")]
     assert threads
     for thread in threads:
         assert thread.native_id is not None
-        pin(thread.native_id, cpu)
+        if cpu is None:
+            os.sched_setaffinity(thread.native_id, os.sched_getaffinity(0))
+            with contextlib.suppress(PermissionError):  # lowering nice again needs root
+                os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
+        else:
+            pin(thread.native_id, cpu)
 
 
 def _submit(api: Api) -> None:
@@ -74,12 +82,18 @@ def test_a_stalled_verification_stays_pending_and_passes_when_retried(api: Api) 
     assert stalled.status == "pending" and stalled.score is None
     assert stalled.verdict is not None and len(stalled.verdict["stalls"]) == 1
     assert "host stalled" in stalled.verdict["stalls"][0]
-    # The busy process is gone: the sweeper's next pass verifies it again, and it passes.
-    assert requeue_pending(api.runtime, older_than_s=0) == 1
-    api.drain()
+    # The busy process is gone and the task threads may use every CPU again: the sweeper's next
+    # pass verifies it again, and it passes (a shared CI host may stall it once more; that retry
+    # is what the attempts allow for).
+    _pin_task_threads(None)
+    for _ in range(STALL_ATTEMPTS - 1):
+        assert requeue_pending(api.runtime, older_than_s=0) == 1
+        api.drain()
+        if _trace(api).status != "pending":
+            break
     verified = _trace(api)
     assert verified.status == "accepted" and verified.score == 1.0
-    assert verified.verdict is not None and len(verified.verdict["details"]["stalls"]) == 1  # kept
+    assert verified.verdict is not None and len(verified.verdict["details"]["stalls"]) >= 1  # kept
 
 
 def test_after_the_last_stalled_attempt_the_measured_verdict_is_stored(api: Api) -> None:
