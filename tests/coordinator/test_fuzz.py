@@ -7,34 +7,20 @@ could revoke or ban the very token the run uses.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error, status_code_conformance
 from schemathesis.core.result import Ok
 from schemathesis.schemas import APIOperation
 
-from coordinator.app import create_app
-from coordinator.db import migrate, transaction
-from coordinator.runtime import build_runtime, set_runtime
-from coordinator.workers import service as workers
-from shared.protocol import Scope
 from tests.coordinator.conftest import make_settings
+from tests.coordinator.http_server import serve_http
 
 EXAMPLES = 8  # per operation: enough to hit bounds and empty strings, quick enough for CI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +29,8 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     path: Path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
     # No rate limits: the run sends hundreds of requests from one address.
     config = make_settings(f"sqlite:///{path}", rate_limit_per_s=0, registration_per_hour=0)
-    migrate(config)
-    runtime = build_runtime(config)
-    set_runtime(runtime)
-    with transaction(runtime.sessions) as session:
-        _, token = workers.create(session, "fuzz-operator", Scope.operator)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config, runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the coordinator did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", token
-    server.should_exit = True
-    thread.join(timeout=30)
-    runtime.close()
-    set_runtime(None)
+    for served in serve_http(config):
+        yield served.url, served.operator_token
 
 
 @pytest.fixture(scope="module")
