@@ -111,7 +111,9 @@ class Cluster:
         self.workers.append(proc)
         return proc
 
-    def campaign(self, problems: int, samples: int, max_tokens: int = 256) -> uuid.UUID:
+    def campaign(
+        self, problems: int, samples: int, max_tokens: int = 256, model: str = TINY_MODEL_NAME
+    ) -> uuid.UUID:
         settings = Settings(database_url=self.database_url)
         engine = make_engine(settings)
         name = uuid.uuid4().hex[:8]
@@ -124,7 +126,7 @@ class Cluster:
                 CampaignCreate(
                     name=f"campaign-{name}",
                     problem_set_id=problem_set.id,
-                    model=ModelRef(name=TINY_MODEL_NAME),
+                    model=ModelRef(name=model),
                     sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens),
                     samples_per_problem=samples,
                     seed=11,

@@ -9,40 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from coordinator.campaigns import service as campaigns
-from coordinator.config import Settings
-from coordinator.db import make_engine, make_session_factory, transaction
-from coordinator.problems import service as problem_sets
 from shared.assets import TINY_MODEL_NAME, tiny_model_dir
-from shared.protocol import CampaignCreate, ModelRef, ProblemSetCreate, SamplingParams
 from tests.integration.conftest import Cluster
 from worker.state import read_status
-
-
-def campaign(cluster: Cluster, model: str, problems: int, samples: int) -> uuid.UUID:
-    engine = make_engine(Settings(database_url=cluster.database_url))
-    name = uuid.uuid4().hex[:8]
-    with transaction(make_session_factory(engine)) as session:
-        problem_set = problem_sets.create_set(
-            session, ProblemSetCreate(name=f"set-{name}", source="arithmetic", limit=problems, seed=3)
-        )
-        created = campaigns.create(
-            session,
-            CampaignCreate(
-                name=f"campaign-{name}",
-                problem_set_id=problem_set.id,
-                model=ModelRef(name=model),
-                sampling=SamplingParams(temperature=1.0, max_tokens=24),
-                samples_per_problem=samples,
-                seed=5,
-            ),
-        )
-    engine.dispose()
-    return created.id
 
 
 def status(cluster: Cluster, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -71,8 +43,10 @@ def test_worker_without_model_picks_finishes_and_switches(cluster: Cluster) -> N
     cluster.env["HF_HUB_OFFLINE"] = "1"  # no download, no hub in tests: both models are here
     copy = cluster.folder / "tiny-copy"
     shutil.copytree(tiny_model_dir(), copy)
-    busy = campaign(cluster, TINY_MODEL_NAME, problems=16, samples=2)  # 32 jobs: chosen first
-    later = campaign(cluster, str(copy), problems=6, samples=1)  # 6 jobs: served once the first drains
+    busy = cluster.campaign(problems=16, samples=2, max_tokens=24)  # 32 jobs: chosen first
+    later = cluster.campaign(
+        problems=6, samples=1, max_tokens=24, model=str(copy)
+    )  # 6 jobs: served once the first drains
     state = cluster.folder / "state-picker"
     args = ["worker", "run", "--coordinator", cluster.url, "--token", cluster.register("picker"),
             "--device", "cpu", "--name", "picker", "--state-dir", str(state), "--progress", "plain",
