@@ -100,6 +100,20 @@ def progress(session: Session, campaign_id: uuid.UUID) -> CampaignProgress:
     )
 
 
+# campaign id -> the dtypes it takes work in (empty: any). Set at creation and never changed, so the
+# submission path queries only for campaigns it has not seen yet.
+_DTYPES: dict[uuid.UUID, frozenset[str]] = {}
+
+
+def dtypes_of(session: Session, campaign_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, frozenset[str]]:
+    """campaign id -> the dtypes it takes work in (an empty set: any dtype)."""
+    unknown = [c for c in campaign_ids if c not in _DTYPES]
+    if unknown:
+        found = repository.dtypes_of(session, unknown)
+        _DTYPES.update({c: found.get(c, frozenset()) for c in unknown})
+    return {c: _DTYPES[c] for c in campaign_ids}
+
+
 def to_out(session: Session, campaign: Campaign) -> CampaignOut:
     report = progress(session, campaign.id)
     done = report.jobs > 0 and report.accepted + report.rejected == report.jobs

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from coordinator.campaigns import repository as campaigns_repository
+from coordinator.campaigns import service as campaigns
 from coordinator.db import utcnow
 from coordinator.jobs import repository as jobs_repository
 from coordinator.jobs.models import DONE, LEASED, SUBMITTED
@@ -99,7 +99,7 @@ class _Batch:
         self.status = {job.id: job.status for job in self.jobs.values()}
         campaign_ids = sorted({job.campaign_id for job in self.jobs.values()})
         self.vocab = trust.vocab_limits(session, campaign_ids)
-        self.dtypes = campaigns_repository.dtypes_of(session, campaign_ids) if campaign_ids else {}
+        self.dtypes = campaigns.dtypes_of(session, campaign_ids)
         finished = [job.id for job in self.jobs.values() if job.status in (SUBMITTED, DONE)]
         self.stored_leases = repository.lease_of_jobs(session, finished) if finished else {}
         self.new_rows: list[dict[str, Any]] = []
