@@ -65,8 +65,7 @@ def lease(
     now = utcnow()
     deadline = now + timedelta(seconds=min(settings.lease_ttl_s, settings.lease_max_lifetime_s))
     workers.seen(session, principal.worker_id, settings.last_seen_every_s)
-    workers.check_verification_budget(session, principal, settings)
-    limit = workers.in_flight_limit(session, principal, settings)
+    limit = workers.in_flight_limit(session, principal, settings)  # raises over the verification budget
     room = limit - repository.in_flight(session, principal.worker_id, now)
     rows: Sequence[repository.JobRow] = []
     if room > 0:

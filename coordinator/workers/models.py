@@ -30,7 +30,7 @@ class Worker(Base):
     # failed validation: what its in-flight limit grows with (workers.service.in_flight_limit).
     lease_credit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Verification seconds its traces cost in the hour that began at verify_window_at: leases are
-    # refused while it is over the hourly budget (workers.service.check_verification_budget).
+    # refused while it is over the hourly budget (workers.service.in_flight_limit).
     verify_spent_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     verify_window_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

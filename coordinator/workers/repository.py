@@ -42,8 +42,12 @@ def touch(session: Session, worker_id: uuid.UUID, now: datetime) -> None:
     session.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(last_seen_at=now))
 
 
-def lease_credit(session: Session, worker_id: uuid.UUID) -> int:
-    return int(session.scalar(select(WORKERS.c.lease_credit).where(WORKERS.c.id == worker_id)) or 0)
+def lease_state(session: Session, worker_id: uuid.UUID) -> tuple[int, float, datetime | None]:
+    """(lease credit, verification seconds spent, start of the hour they were spent in)."""
+    w = WORKERS.c
+    query = select(w.lease_credit, w.verify_spent_s, w.verify_window_at).where(w.id == worker_id)
+    row = session.execute(query).first()
+    return (0, 0.0, None) if row is None else (int(row[0]), float(row[1]), row[2])
 
 
 def set_lease_credit(session: Session, worker_id: uuid.UUID, add: int | None) -> None:

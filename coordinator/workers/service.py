@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -197,12 +197,16 @@ def credit_submissions(session: Session, worker_id: uuid.UUID, submitted: int, e
 
 
 def in_flight_limit(session: Session, principal: Principal, settings: Settings) -> int:
-    """How many jobs the worker may hold at once. A volunteer starts small and earns more with each
-    trace that comes back usable (BOINC's rule): a fresh identity can waste only a few jobs.
-    Operators and researchers are trusted with the maximum."""
+    """How many jobs the worker may hold at once, read with its verification spend in one query
+    (both are asked on every lease); raises RateLimited when the spend is over its hourly budget.
+    A volunteer starts small and earns more with each trace that comes back usable (BOINC's rule):
+    a fresh identity can waste only a few jobs. Operators and researchers are trusted with the
+    maximum and have no budget."""
     if principal.scope != Scope.volunteer:
         return settings.max_in_flight_per_worker
-    return _limit(repository.lease_credit(session, principal.worker_id), settings)
+    credit, spent, start = repository.lease_state(session, principal.worker_id)
+    _check_budget(spent, start, settings.verify_budget_s_per_hour)
+    return _limit(credit, settings)
 
 
 def _limit(credit: int, settings: Settings) -> int:
@@ -233,14 +237,12 @@ def charge_verification(session: Session, worker_id: uuid.UUID, seconds: float, 
     repository.set_verification_window(session, worker_id, spent + seconds, start)
 
 
-def check_verification_budget(session: Session, principal: Principal, settings: Settings) -> None:
+def _check_budget(spent: float, start: datetime | None, budget: float) -> None:
     """A volunteer whose traces cost more verification time this hour than the budget gets no new
     jobs until its hour is over (a code trace can take a minute of sandbox time): what it holds
     is still taken, so no work is lost."""
-    budget = settings.verify_budget_s_per_hour
-    if budget <= 0 or principal.scope != Scope.volunteer:
+    if budget <= 0:
         return
-    spent, start = repository.verification_window(session, principal.worker_id)
     now = utcnow()
     if start is None or now - start >= HOUR or spent <= budget:
         return
