@@ -461,7 +461,8 @@ class CampaignOut(Wire):
 class StrategyReport(Wire):
     """How one test-time-compute strategy did over a campaign's problems."""
 
-    strategy: Literal["pass@1", "majority", "shortest", "pass@n"]
+    # fuzzy_majority and likelihood are computed by evaluation jobs (docs/pipeline.md), not campaigns.
+    strategy: Literal["pass@1", "majority", "shortest", "pass@n", "fuzzy_majority", "likelihood"]
     problems: int
     accuracy: float
     tokens_per_problem: float = Field(description="completion tokens generated per problem")
