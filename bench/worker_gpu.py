@@ -200,7 +200,10 @@ def start_coordinator(env: dict[str, str], port: int, log: Path) -> subprocess.P
     raise RuntimeError("the coordinator did not start:\n" + log.read_text()[-3000:])
 
 
-def run_daemon(cfg: Config, env: dict[str, str], url: str, model: Path) -> dict[str, Any]:
+def run_daemon(
+    cfg: Config, env: dict[str, str], url: str, model: Path, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`flywheel worker run` until the campaign is drained; `extra` adds daemon flags (an engine)."""
     token = flywheel(
         env, "worker", "register", "--coordinator", url, "--name", "bench-gpu", "--model", str(model)
     )
@@ -208,7 +211,7 @@ def run_daemon(cfg: Config, env: dict[str, str], url: str, model: Path) -> dict[
     cmd = [sys.executable, "-m", "flywheel", "worker", "run", "--coordinator", url, "--token", token.strip(),
            "--model", str(model), "--device", cfg.device, "--name", "bench-gpu", "--state-dir", str(state),
            "--batch-size", cfg.batch_size, "--max-leases", str(cfg.max_leases), "--exit-when-idle", "3",
-           "--progress", "plain", "--poll-interval", "1"]  # fmt: skip
+           "--progress", "plain", "--poll-interval", "1", *extra]  # fmt: skip
     log = cfg.work / "worker.log"
     with log.open("wb") as out:
         done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -49,6 +49,9 @@ def test_only_checked_releases_sample_natively(version: str, scheme: str | None)
 def test_the_native_path_runs_model_runner_v2_without_processors() -> None:
     assert runner_env(NOISE_VLLM_GUMBEL)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
     assert runner_env(None)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    # vLLM's own sampler needs nothing of this process: vLLM keeps its usual engine-core process
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in runner_env(NOISE_VLLM_GUMBEL)
+    assert runner_env(None)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     args = runner_args(NOISE_VLLM_GUMBEL)
     assert args == {"logprobs_mode": "processed_logprobs", "use_fp64_gumbel": False}
 

@@ -214,9 +214,12 @@ def native_noise(version: str) -> NoiseScheme | None:
 
 
 def runner_env(noise: NoiseScheme | None) -> dict[str, str]:
-    """The environment for the sampling path: vLLM's own sampler runs on Model Runner V2, the
-    logits processor on the runner that runs processors (in-process, where it records logprobs)."""
-    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1" if noise else "0"}
+    """The environment for the sampling path: vLLM's own sampler runs on Model Runner V2 with
+    vLLM's own process layout (its engine core in a process of its own, as stock vLLM runs); the
+    logits processor on the runner that runs processors, in this process, where it records logprobs."""
+    if noise is not None:
+        return {"VLLM_USE_V2_MODEL_RUNNER": "1"}
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
 
 
 def runner_args(noise: NoiseScheme | None) -> dict[str, Any]:
