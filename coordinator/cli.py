@@ -104,6 +104,8 @@ def _problems(args: argparse.Namespace) -> int:
     options = _json_options(args.options)
     if args.source == "dataset":
         options = _dataset_options(args, options)
+    if args.source == "code":
+        options = _code_options(args, options)
     request = ProblemSetCreate(
         name=args.name,
         source=args.source,
@@ -116,13 +118,20 @@ def _problems(args: argparse.Namespace) -> int:
     read = service.dataset_problems(request, Path(args.file)) if args.source == "dataset" else None
 
     def work(session: Any) -> Any:
-        if args.source == "jsonl":
+        if args.source in ("jsonl", "code"):
             with Path(args.file).open(encoding="utf-8") as handle:
                 return service.to_out(service.create_set(session, request, handle))
         return service.to_out(service.create_set(session, request, read=read))
 
     print(run_once(work).model_dump_json(indent=2))
     return 0
+
+
+def _code_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """--format (apps, codecontests, mbpp) over --options."""
+    if not args.file:
+        raise SystemExit("problems code needs --file (a JSONL file of APPS, CodeContests or MBPP rows)")
+    return {**options, "format": args.format} if args.format else options
 
 
 def _dataset_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +248,7 @@ def _problems_parser(sub: Any) -> None:
     problems = sub.add_parser(
         "problems", help="load a problem set (built-in source, JSONL file or dataset file)"
     )
-    sources = ["jsonl", "dataset", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    sources = ["jsonl", "dataset", "code", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
     problems.add_argument("source", choices=sources)
     problems.add_argument("--name", required=True)
     problems.add_argument(
@@ -251,7 +260,11 @@ def _problems_parser(sub: Any) -> None:
     problems.add_argument("--options", help="JSON object of source options")
     dataset = problems.add_argument_group("dataset source (docs/problems.md)")
     dataset.add_argument("--verifier", help="math (default), reasoning_gym or code, for every row")
-    dataset.add_argument("--format", help="parquet, json, jsonl, csv or arrow (default: the suffix)")
+    dataset.add_argument(
+        "--format",
+        help="dataset: parquet, json, jsonl, csv or arrow (default: the suffix); "
+        "code: apps, codecontests or mbpp",
+    )
     for field in ("prompt", "answer", "system", "id", "metadata"):
         dataset.add_argument(f"--{field}-column", help=f"the column holding the {field} (default: {field})")
     problems.set_defaults(func=_problems)

@@ -399,7 +399,7 @@ class ProblemIn(Wire):
 
 class ProblemSetCreate(Wire):
     name: Name
-    source: Literal["jsonl", "dataset", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    source: Literal["jsonl", "dataset", "code", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
     split: str = Field(default="test", max_length=32)
     limit: int | None = Field(default=None, ge=1, le=10_000_000)
     seed: int = Field(default=0, ge=0)

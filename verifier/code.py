@@ -7,9 +7,11 @@ printed (stdin/stdout style) or the typed value its function returned (function-
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -399,21 +401,27 @@ def spec_from_humaneval(record: dict[str, Any]) -> VerifierSpec:
         source = f"{record['prompt']}{record['canonical_solution']}\n{record['test']}\n"
     except (KeyError, TypeError) as exc:
         raise SpecError(f"not a HumanEval record: {exc}") from exc
+    tests = _reference_tests(source, entry, str(record.get("task_id")))
+    config = {"language": "python", "style": "call", "entry_point": entry, "prelude": record["prompt"]}
+    config.update(tests=tests, task_id=record.get("task_id"))
+    CodeConfig.parse(config)  # a recorded call outside the typed encoding fails here, not when judged
+    return VerifierSpec(kind="code", gold=None, config=config)
+
+
+def _reference_tests(source: str, entry: str, task: str) -> list[dict[str, Any]]:
+    """Run `source` (a reference solution and its `check(candidate)`) once in the sandbox with
+    every call to `entry` recorded; each call becomes one function-call test."""
     limits = {"cpu_s": 30.0, "wall_s": 60.0, "memory_mb": 1024, "output_bytes": 16 << 20, "nproc": 16}
     job: dict[str, Any] = {"mode": "tests", "style": "record", "source": source, "entry_point": entry}
     job.update(tests=[{}], limits=limits)
     frames, stderr = sandbox.run_once(job, 90.0)
     frame = next((f for f in frames if f.get("i") == 0), None)
     if frame is None or frame.get("status") != "ok" or frame.get("exit") != 0:
-        task = record.get("task_id")
         raise SpecError(f"{task}: the reference solution did not pass its own tests {stderr[-300:]}")
     tests = [_humaneval_test(call) for call in _recorded_calls(frame)]
     if not tests:
-        raise SpecError(f"{record.get('task_id')}: the tests never call {entry}")
-    config = {"language": "python", "style": "call", "entry_point": entry, "prelude": record["prompt"]}
-    config.update(tests=tests, task_id=record.get("task_id"))
-    CodeConfig.parse(config)  # a recorded call outside the typed encoding fails here, not when judged
-    return VerifierSpec(kind="code", gold=None, config=config)
+        raise SpecError(f"{task}: the tests never call {entry}")
+    return tests
 
 
 def _recorded_calls(frame: dict[str, Any]) -> list[Any]:
@@ -432,3 +440,71 @@ def _humaneval_test(call: Any) -> dict[str, Any]:
     if kwargs != {"$dict": []}:
         test["kwargs"] = kwargs
     return test
+
+
+# ---------------------------------------------------------------------------- MBPP
+
+
+@dataclass(frozen=True)
+class MbppTask:
+    """An MBPP record's parts: the reference solution, the setup its tests need, the assert
+    statements, and the function they call."""
+
+    code: str
+    setup: str
+    asserts: list[str]
+    entry_point: str
+
+
+def mbpp_task(record: dict[str, Any]) -> MbppTask:
+    """Read an MBPP record, original (`text`, `code`, `test_list`, `test_setup_code`) or sanitized
+    (`prompt`, `code`, `test_list`, `test_imports`); raises SpecError naming the bad field. Needs no
+    sandbox: the reference is only parsed here."""
+    code, asserts = record.get("code"), record.get("test_list")
+    if not isinstance(code, str) or not code.strip():
+        raise SpecError("'code' (the reference solution) must be a non-empty string")
+    if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
+        raise SpecError("'test_list' must be a non-empty list of assert statements")
+    setup = record.get("test_setup_code", "")
+    imports = record.get("test_imports", [])
+    if not isinstance(setup, str) or not isinstance(imports, list):
+        raise SpecError("'test_setup_code' must be a string and 'test_imports' a list of strings")
+    setup = "\n".join([*map(str, imports), setup]).strip()
+    return MbppTask(code, setup, asserts, _mbpp_entry(code, asserts))
+
+
+def _mbpp_entry(code: str, asserts: list[str]) -> str:
+    """The top-level function of the reference that the asserts call first."""
+    try:
+        defined = {n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)}
+    except SyntaxError as exc:
+        raise SpecError(f"'code' is not valid Python: {exc.msg} (line {exc.lineno})") from exc
+    for index, text in enumerate(asserts):
+        try:
+            tree = ast.parse(text)
+        except SyntaxError as exc:
+            raise SpecError(f"test_list[{index}] is not valid Python: {exc.msg}") from exc
+        if not all(isinstance(node, ast.Assert) for node in tree.body):
+            raise SpecError(f"test_list[{index}] is not an assert statement")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
+                return node.func.id
+    raise SpecError(f"no assert in test_list calls a function that 'code' defines ({sorted(defined)})")
+
+
+def spec_from_mbpp(record: dict[str, Any]) -> VerifierSpec:
+    """A function-call spec from an MBPP record, derived as HumanEval's are: the asserts run once in
+    the sandbox against the reference solution, inside a `check(candidate)` where the function's
+    name is bound to a recorder, so each call's arguments and the reference's return value become
+    one test. The asserts themselves never run against a submission (a submission could defeat an
+    `==` it takes part in); its return values are compared outside the sandbox."""
+    task = mbpp_task(record)
+    name = str(record.get("task_id", "mbpp"))
+    check = f"def check(candidate):\n    {task.entry_point} = candidate\n"
+    check += textwrap.indent("\n".join(task.asserts), "    ") + "\n"
+    source = f"{task.setup}\n{task.code}\n\n{check}"
+    tests = _reference_tests(source, task.entry_point, name)
+    config: dict[str, Any] = {"language": "python", "style": "call", "entry_point": task.entry_point}
+    config.update(prelude=task.setup, tests=tests, task_id=name)
+    CodeConfig.parse(config)
+    return VerifierSpec(kind="code", gold=None, config=config)

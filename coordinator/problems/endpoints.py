@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -7,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -34,11 +35,7 @@ def create(body: ProblemSetCreate, session: SessionDep, _: OperatorDep) -> Probl
 )
 async def import_jsonl(request: Request, name: str, _: OperatorDep, rt: RuntimeDep) -> ProblemSetOut:
     """Import a JSONL body (one problem per line, see docs/problems.md); all lines or none."""
-    body = await request.body()
-    try:
-        lines = body.decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise BadRequest("the problem file is not UTF-8") from exc
+    lines = await _body_lines(request)
     spec = _jsonl_spec(name)
 
     def work() -> ProblemSetOut:
@@ -46,6 +43,50 @@ async def import_jsonl(request: Request, name: str, _: OperatorDep, rt: RuntimeD
             return service.to_out(service.create_set(session, spec, lines))
 
     return await run_in_threadpool(work)
+
+
+@router.post(
+    Routes.problem_sets + "/import-code", response_model=ProblemSetOut, status_code=201, responses=CREATED
+)
+async def import_code(
+    request: Request,
+    name: str,
+    format: str,
+    _: OperatorDep,
+    rt: RuntimeDep,
+    limit: int | None = None,
+    options: Annotated[str | None, Query(description="a JSON object of further code options")] = None,
+) -> ProblemSetOut:
+    """Import code problems in a published layout (`format`: apps, codecontests or mbpp) from a
+    JSONL body (docs/problems.md); all lines or none."""
+    lines = await _body_lines(request)
+    spec = _spec(
+        "query", name=name, source="code", limit=limit, options={**_options(options), "format": format}
+    )
+
+    def work() -> ProblemSetOut:
+        with transaction(rt.sessions) as session:
+            return service.to_out(service.create_set(session, spec, lines))
+
+    return await run_in_threadpool(work)
+
+
+async def _body_lines(request: Request) -> list[str]:
+    body = await request.body()
+    try:
+        return body.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the problem file is not UTF-8") from exc
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"options: not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise BadRequest("options: must be a JSON object")
+    return options
 
 
 def _jsonl_spec(name: str) -> ProblemSetCreate:

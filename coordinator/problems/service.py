@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from coordinator.errors import BadRequest, Conflict, FlywheelError, NotFound, ValidationFailed
 from coordinator.problems import repository
 from coordinator.problems.models import ProblemSet
-from coordinator.problems.sources import builtin, local_dataset
+from coordinator.problems.sources import builtin, code_files, local_dataset
 from shared.protocol import ProblemIn, ProblemSetCreate, ProblemSetOut, VerifierSpec
 
 MAX_LINE_ERRORS = 20
@@ -32,14 +32,21 @@ def verifier_spec(problem: ProblemIn) -> VerifierSpec:
         return VerifierSpec(kind="reasoning_gym", gold=problem.answer, config=config)
     record = problem.metadata.get("record")
     if record is not None:
-        from verifier.code import spec_from_humaneval
-        from verifier.errors import SpecError
-
-        try:
-            return spec_from_humaneval(record)
-        except SpecError as exc:
-            raise ValidationFailed(f"problem {problem.id!r}: {exc}") from exc
+        return _record_spec(problem, record)
     return VerifierSpec(kind="code", config=_code_config(problem))
+
+
+def _record_spec(problem: ProblemIn, record: Any) -> VerifierSpec:
+    """A code spec derived in the sandbox from a published record: MBPP's where the problem says
+    so (metadata.source), else HumanEval's."""
+    from verifier.code import spec_from_humaneval, spec_from_mbpp
+    from verifier.errors import SpecError
+
+    build = spec_from_mbpp if problem.metadata.get("source") == "mbpp" else spec_from_humaneval
+    try:
+        return build(record)
+    except SpecError as exc:
+        raise ValidationFailed(f"problem {problem.id!r}: {exc}") from exc
 
 
 def check_problem(problem: ProblemIn) -> None:
@@ -49,6 +56,19 @@ def check_problem(problem: ProblemIn) -> None:
         _rg_dataset(problem)
     elif problem.verifier == "code" and problem.metadata.get("record") is None:
         _code_config(problem)
+    elif problem.verifier == "code" and problem.metadata.get("source") == "mbpp":
+        _mbpp_task(problem)
+
+
+def _mbpp_task(problem: ProblemIn) -> None:
+    from verifier.code import mbpp_task
+    from verifier.errors import SpecError
+
+    record = problem.metadata["record"]
+    try:
+        mbpp_task(record if isinstance(record, dict) else {})
+    except SpecError as exc:
+        raise ValidationFailed(f"problem {problem.id!r}: bad MBPP record: {exc}") from exc
 
 
 def _rg_dataset(problem: ProblemIn) -> str:
@@ -89,15 +109,18 @@ def _row(set_id: uuid.UUID, problem: ProblemIn) -> dict[str, Any]:
 
 
 def collect(
-    items: Iterable[tuple[int, T]], build: Callable[[int, T], ProblemIn], unit: str, what: str
+    items: Iterable[tuple[int, T]], build: Callable[[int, T], ProblemIn | None], unit: str, what: str
 ) -> Iterator[ProblemIn]:
     """Build and check every problem; collect errors so one import reports all its bad `unit`s
-    (lines, rows) at once, numbered as the caller numbers them."""
+    (lines, rows) at once, numbered as the caller numbers them. A `build` that returns None
+    leaves that item out."""
     errors: list[dict[str, Any]] = []
     parsed: list[ProblemIn] = []
     for number, item in items:
         try:
             problem = build(number, item)
+            if problem is None:
+                continue
             check_problem(problem)
         except (json.JSONDecodeError, ValidationError) as exc:
             errors.append({unit: number, "error": _reason(exc)[:300]})
@@ -134,6 +157,17 @@ def _jsonl_problem(_: int, line: str) -> ProblemIn:
     return ProblemIn.model_validate(json.loads(line))
 
 
+def parse_code_jsonl(lines: Iterable[str | bytes], options: dict[str, Any]) -> Iterator[ProblemIn]:
+    """A code problem file in a published layout (APPS, CodeContests, MBPP), checked line by line
+    as a JSONL file is; all of it or none."""
+    parsed = code_files.CodeOptions.parse(options)
+    texts = (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw for raw in lines)
+    numbered = ((number, line) for number, line in enumerate(texts, start=1) if line.strip())
+    return collect(
+        numbered, lambda _, line: code_files.problem(parsed, line), "line", f"the {parsed.format} file"
+    )
+
+
 def dataset_problems(request: ProblemSetCreate, data_file: Path) -> list[ProblemIn]:
     """A dataset source's file read and checked whole, before any transaction: reading takes
     seconds (importing `datasets`, preparing the file), and no write lock should wait on it."""
@@ -151,6 +185,10 @@ def _source_rows(
         if lines is None:
             raise BadRequest("a jsonl problem set needs a file")
         return parse_jsonl(lines)
+    if request.source == "code":
+        if lines is None:
+            raise BadRequest("a code problem set needs a file")
+        return parse_code_jsonl(lines, request.options)
     if request.source == "dataset":
         if read is None:
             raise BadRequest(
