@@ -4,7 +4,6 @@ again, by the app's first pass at start-up and by its passes every FLYWHEEL_REQU
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -20,6 +19,7 @@ from coordinator.workers.models import Worker
 from shared.protocol import Scope, SubmitRequest
 from tests.coordinator.conftest import Api, make_settings, serve
 from tests.coordinator.helpers import answer_of, make_campaign, trace_for
+from tests.waiting import wait_for
 
 
 def _commit_without_enqueueing(api: Api) -> uuid.UUID:
@@ -45,11 +45,11 @@ def _status(api: Api, trace_id: uuid.UUID) -> str:
 
 
 def _wait_decided(api: Api, trace_id: uuid.UUID, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while (status := _status(api, trace_id)) == "pending":
-        assert time.monotonic() < deadline, f"trace {trace_id} still {status} after {timeout_s}s"
-        time.sleep(0.1)
-    return status
+    def decided() -> str | None:
+        status = _status(api, trace_id)
+        return None if status == "pending" else status
+
+    return wait_for(decided, timeout_s, lambda: f"trace {trace_id} is {_status(api, trace_id)}")
 
 
 def test_the_start_up_pass_verifies_what_a_crash_left_pending(database_url: str) -> None:

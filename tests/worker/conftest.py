@@ -179,12 +179,3 @@ def make_worker(server: FakeCoordinator, tmp: Path, engine: EchoEngine, **config
     client = CoordinatorClient(server.url, server.token or "tok", retry=retry, stop=stop)
     spool = Spool(settings.spool_dir)
     return Worker(settings, client, engine, spool, NoProgress(), HardwareInfo(cpu_count=1), stop)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False

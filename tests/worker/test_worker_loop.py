@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, EchoEngine, make_job, make_worker, wait_until
+from conftest import MODEL, EchoEngine, make_job, make_worker
 from worker_fakes import FakeCoordinator, Reply, error_reply
 
 from shared.protocol import API_PREFIX, Routes, SubmitRequest
+from tests.waiting import wait_for
 from worker.errors import AuthError
 
 
@@ -37,7 +38,7 @@ def test_jobs_of_lost_leases_are_dropped(coordinator: FakeCoordinator, tmp_path:
     worker = make_worker(coordinator, tmp_path, engine, once=True, max_jobs=4, batch_size=1)
 
     def lose_the_last_two() -> None:
-        assert wait_until(lambda: len(coordinator.leases) == 4)
+        wait_for(lambda: len(coordinator.leases) == 4, 60, lambda: f"{len(coordinator.leases)} leases")
         coordinator.lost.update(list(coordinator.leases)[2:])
 
     threading.Thread(target=lose_the_last_two).start()

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, EchoEngine, make_job, make_worker, wait_until
+from conftest import MODEL, EchoEngine, make_job, make_worker
 from worker_fakes import FakeCoordinator, Reply
 
 from shared.protocol import API_PREFIX, Routes
+from tests.waiting import wait_for
 from worker.state import StateStore, read_status
 
 SUBMIT = API_PREFIX + Routes.submit
@@ -59,7 +60,7 @@ def test_next_batch_generates_while_the_last_one_is_submitted(
     coordinator.routes[("POST", SUBMIT)] = held_submit
     worker = make_worker(coordinator, tmp_path, engine, batch_size=2, max_leases=6, exit_when_idle=0.3)
     thread = run_in_thread(worker)
-    assert wait_until(lambda: len(engine.batches) >= 2, timeout=15)
+    wait_for(lambda: len(engine.batches) >= 2, 60, lambda: f"batches started: {len(engine.batches)}")
     second_batch_started.set()
     thread.join(timeout=30)
     assert len(coordinator.stored) == 6 and worker.stats.accepted == 6
@@ -71,10 +72,11 @@ def test_pause_gives_leases_back_and_resume_finishes(coordinator: FakeCoordinato
     engine = EchoEngine(delay_s=0.3)
     worker = make_worker(coordinator, tmp_path, engine, batch_size=2, max_leases=4, exit_when_idle=0.5)
     thread = run_in_thread(worker)
-    assert wait_until(lambda: len(engine.batches) >= 1)
+    wait_for(lambda: engine.batches, 60, lambda: f"no batch started; status {worker.stats.status}")
     worker.controls.request_pause(True)  # what SIGUSR1 does
-    assert wait_until(lambda: worker.stats.status == "paused")
-    assert wait_until(lambda: not coordinator.outstanding)  # abandoned and queued leases went back
+    wait_for(lambda: worker.stats.status == "paused", 60, lambda: f"status {worker.stats.status}")
+    wait_for(lambda: not coordinator.outstanding, 60, lambda: f"outstanding {coordinator.outstanding}")
+    # (abandoned and queued leases went back)
     assert coordinator.released and StateStore(tmp_path).read().paused
     leases_while_paused = coordinator.count(LEASE)
     time.sleep(0.5)
@@ -115,15 +117,15 @@ def test_daily_cap_persists_across_restarts(coordinator: FakeCoordinator, tmp_pa
     coordinator.queue.extend(make_job(MODEL, seed=i) for i in range(12))
     worker = make_worker(coordinator, tmp_path, EchoEngine(), batch_size=2, max_jobs_per_day=5)
     thread = run_in_thread(worker)
-    assert wait_until(lambda: len(coordinator.stored) == 5)
-    assert wait_until(lambda: worker.stats.status == "daily cap reached")
+    wait_for(lambda: len(coordinator.stored) == 5, 60, lambda: f"{len(coordinator.stored)} stored")
+    wait_for(lambda: worker.stats.status == "daily cap reached", 60, lambda: f"status {worker.stats.status}")
     worker.stop.set()
     thread.join(timeout=30)
     assert coordinator.peak_outstanding <= 5 and StateStore(tmp_path).read().jobs_today == 5
 
     again = make_worker(coordinator, tmp_path, EchoEngine(), batch_size=2, max_jobs_per_day=5)
     thread = run_in_thread(again)
-    assert wait_until(lambda: again.stats.status == "daily cap reached")
+    wait_for(lambda: again.stats.status == "daily cap reached", 60, lambda: f"status {again.stats.status}")
     again.stop.set()
     thread.join(timeout=30)
     assert len(coordinator.stored) == 5 and len(coordinator.queue) == 7
@@ -135,7 +137,11 @@ def test_outside_the_schedule_nothing_is_leased(coordinator: FakeCoordinator, tm
     start = (now.tm_hour + 2) % 24  # a one-hour window that does not include now
     worker = make_worker(coordinator, tmp_path, EchoEngine(), schedule=f"{start:02d}:00-{start:02d}:59")
     thread = run_in_thread(worker)
-    assert wait_until(lambda: (read_status(tmp_path) or {}).get("status") == "outside schedule")
+    wait_for(
+        lambda: (read_status(tmp_path) or {}).get("status") == "outside schedule",
+        60,
+        lambda: f"status file {read_status(tmp_path)}",
+    )
     status = read_status(tmp_path) or {}
     assert status["schedule"] == f"{start:02d}:00-{start:02d}:59" and status["next_change"]
     worker.stop.set()

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from shared.protocol import EngineInfo, FinishReason, TraceSubmission
+from tests.waiting import wait_for
 from worker.errors import SpoolError
 from worker.spool import BAD_DIR, Spool
 
@@ -106,9 +106,11 @@ def test_killed_writer_never_leaves_a_torn_result(tmp_path: Path) -> None:
         [sys.executable, "-c", WRITER, str(tmp_path), str(root)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 30
-    while len(list(tmp_path.glob("*.json"))) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(
+        lambda: len(list(tmp_path.glob("*.json"))) >= 5,
+        120,
+        lambda: f"{len(list(tmp_path.glob('*.json')))} results written, writer exit code {proc.poll()}",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     spool = Spool(tmp_path)

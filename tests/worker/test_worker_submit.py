@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, EchoEngine, make_job, make_worker, wait_until
+from conftest import MODEL, EchoEngine, make_job, make_worker
 from worker_fakes import FakeCoordinator, Reply, error_reply
 
 from shared.protocol import (
@@ -21,6 +21,7 @@ from shared.protocol import (
     Routes,
     SubmitRequest,
 )
+from tests.waiting import wait_for
 from worker.engines.base import Generation, ShouldStop
 from worker.loop import Worker
 
@@ -80,7 +81,11 @@ def test_a_result_the_coordinator_fails_on_is_isolated_and_the_rest_delivered(
     worker = make_worker(coordinator, tmp_path, engine, batch_size=8, max_leases=8)
     with caplog.at_level(logging.WARNING, logger="flywheel"):
         thread = run_in_thread(worker)
-        assert wait_until(lambda: len(coordinator.stored) == 7 and worker.stats.stalled == 1)
+        wait_for(
+            lambda: len(coordinator.stored) == 7 and worker.stats.stalled == 1,
+            60,
+            lambda: f"{len(coordinator.stored)} stored, {worker.stats.stalled} stalled",
+        )
         stop(worker, thread)
     assert "keeps failing on its own" in caplog.text
     # never dropped on a 5xx: it is still in the spool, and alone there
@@ -103,14 +108,14 @@ def test_a_failing_batch_never_holds_back_the_spool_behind_it(
     engine = poisoned_engine()
     first = make_worker(coordinator, tmp_path, engine, batch_size=100, max_leases=300)
     thread = run_in_thread(first)
-    assert wait_until(lambda: len(first.spool) == 300)
+    wait_for(lambda: len(first.spool) == 300, 120, lambda: f"{len(first.spool)} spooled")
     stop(first, thread)
 
     coordinator.submit_status = None
     coordinator.refuse_request = database_fails_on_nul  # back, but failing on the NUL byte
     restarted = make_worker(coordinator, tmp_path, EchoEngine(), max_leases=300)
     thread = run_in_thread(restarted)
-    assert wait_until(lambda: len(coordinator.stored) == 299)
+    wait_for(lambda: len(coordinator.stored) == 299, 120, lambda: f"{len(coordinator.stored)} stored")
     stop(restarted, thread)
     assert [r.text for r in restarted.spool.pending()] == ["bad\x00text"]
 
@@ -227,7 +232,11 @@ class CrossingHeartbeat:
             self.beat_in.set()
             assert self.stored.wait(10)
             if self.order == "submission first":
-                assert wait_until(lambda: self.worker is not None and self.worker.stats.accepted == len(ids))
+                wait_for(
+                    lambda: self.worker is not None and self.worker.stats.accepted == len(ids),
+                    60,
+                    lambda: f"accepted {self.worker and self.worker.stats.accepted}, want {len(ids)}",
+                )
             reply = self._beat(headers, body)
             self.lost_answers = len(reply.body["lost"])
             self.beat_answered.set()
