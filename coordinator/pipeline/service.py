@@ -100,8 +100,9 @@ def _check_references(session: Session, spec: JobSpecIn, settings: Settings) -> 
         for step in spec.steps:
             for extra in getattr(step, "campaign_ids", []):
                 campaigns.get(session, extra)
-            if hasattr(step, "model"):
-                resolve(session, settings, step.model)
+            for model in (getattr(step, "model", None), getattr(step, "sampler_model", None)):
+                if model is not None:
+                    resolve(session, settings, model)
     elif isinstance(spec, SftSpec):
         artifact = get_artifact(session, spec.dataset)
         if artifact.kind != "dataset":
@@ -110,6 +111,9 @@ def _check_references(session: Session, spec: JobSpecIn, settings: Settings) -> 
     elif isinstance(spec, EvaluateSpec | GrpoSpec):
         problems.get_set(session, spec.problem_set_id)
         resolve(session, settings, spec.model)
+        scorer = getattr(spec, "likelihood", None)
+        if scorer is not None and scorer.model is not None:
+            resolve(session, settings, scorer.model)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> PipelineJob:
@@ -327,6 +331,12 @@ def accepted_records(session: Session, campaign_ids: Sequence[uuid.UUID]) -> Ite
     where = datasets.ExportFilter(statuses=("accepted",))
     for campaign_id in campaign_ids:
         yield from datasets.records_in(session, campaign_id, where)
+
+
+def verified_records(session: Session, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every verified (accepted or rejected) trace of a campaign as an export record."""
+    where = datasets.ExportFilter(statuses=("accepted", "rejected"))
+    return list(datasets.records_in(session, campaign_id, where))
 
 
 def verified_scores(session: Session, campaign_ids: Sequence[str]) -> list[tuple[str, float, bool]]:

@@ -10,6 +10,7 @@ found again by name and number, and SFT and GRPO resume from snapshots in the jo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,13 +23,14 @@ from typing import Any
 from coordinator.db import after_commit, transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact
-from coordinator.pipeline.ops import evaluate, selection
+from coordinator.pipeline.ops import evaluate, selection, ttc
 from coordinator.pipeline.runner import JobLost, Outcome, Runner, write_text
 from coordinator.runtime import Runtime, get_runtime
 from ml import embeddings
 from ml.training import sft
 from shared.assets import ModelSource
 from shared.pipeline_types import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
+from shared.protocol import StrategyReport
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ def _select(runner: Runner) -> Outcome:
         embed=embeddings.embed_minilm,
         source_campaigns=[str(c) for c in spec.campaign_ids],
         progress=lambda fraction, stage: runner.progress(fraction, stage),
+        workdir=runner.workdir,
     )
     candidates, reports = selection.run(records, spec.steps, ctx)
     kept = [c for c in candidates if c.dropped is None]
@@ -204,17 +207,29 @@ def _manifest(
         "considered": len(candidates),
         "kept": sum(c.dropped is None for c in candidates),
         "steps": [asdict(r) for r in reports],
-        "records": [
-            {
-                "id": c.record["id"],
-                "problem_id": c.problem,
-                "kept": c.dropped is None,
-                "dropped_by": c.dropped,
-                "values": {k: v for k, v in c.values.items() if k != "mask_model"},
-            }
-            for c in candidates
-        ],
+        "records": [_manifest_record(c) for c in candidates],
     }
+
+
+def _manifest_record(c: selection.Candidate) -> dict[str, Any]:
+    """A candidate's line: kept or why not, its values, and the sha256 of its completion (of the
+    one the sources stored too, when a refinement step replaced it)."""
+    line = {
+        "id": c.record["id"],
+        "problem_id": c.problem,
+        "kept": c.dropped is None,
+        "dropped_by": c.dropped,
+        "values": {k: v for k, v in c.values.items() if k != "mask_model"},
+        "completion_sha256": _sha256(str(c.record["completion"])),
+        "edited": c.edited,
+    }
+    if c.edited:
+        line["source_completion_sha256"] = _sha256(c.source_completion)
+    return line
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------- sft
@@ -283,12 +298,43 @@ def _evaluate(runner: Runner) -> Outcome:
     if reports is None:
         runner.progress(0.99 * verified / max(1, total), stage, force=True)
         return Outcome(waiting=True, poll_s=spec.poll_s, stage=stage)
+    extra, notes = _model_strategies(runner, spec, campaign_id)
+    reports = [*reports, *extra]
     document = evaluate.document(
         spec.model, str(spec.problem_set_id), str(campaign_id), reports, spec.model_dump(mode="json")
     )
+    document["summary"].update(notes)
     artifact = runner.json_output("report", document, kind="report", name=f"{name}/report")
-    runner.progress(1.0, stage, {**evaluate.summarize(reports), "report": artifact.sha256}, force=True)
+    summary = {**evaluate.summarize(reports), **notes, "report": artifact.sha256}
+    runner.progress(1.0, stage, summary, force=True)
     return Outcome()
+
+
+def _model_strategies(
+    runner: Runner, spec: EvaluateSpec, campaign_id: uuid.UUID
+) -> tuple[list[StrategyReport], dict[str, Any]]:
+    """The strategies that need a model (fuzzy majority, likelihood), when the spec asks for them."""
+    if spec.fuzzy_majority is None and spec.likelihood is None:
+        return [], {}
+    groups = ttc.samples_of(runner.read(lambda s: service.verified_records(s, campaign_id)))
+    reports: list[StrategyReport] = []
+    notes: dict[str, Any] = {}
+    if spec.fuzzy_majority is not None:
+        runner.progress(0.99, "fuzzy majority: embedding answers", force=True)
+        report, notes["fuzzy_majority_embedding"] = ttc.fuzzy_majority(
+            groups, spec.fuzzy_majority, embeddings.embed
+        )
+        reports.append(report)
+    if spec.likelihood is not None:
+        model = spec.likelihood.model or spec.model
+        runner.progress(0.99, f"likelihood: scoring samples under {model}", force=True)
+        scorer = _scorers(runner)(model, spec.likelihood.device)
+        report, notes["likelihood_scored_tokens_per_problem"] = ttc.likelihood(
+            groups, spec.likelihood, scorer
+        )
+        notes["likelihood_model"] = model
+        reports.append(report)
+    return reports, notes
 
 
 # --------------------------------------------------------------------------- grpo

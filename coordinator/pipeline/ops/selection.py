@@ -14,6 +14,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ml.training.batches import Example
@@ -35,10 +36,18 @@ class Candidate:
     values: dict[str, Any] = field(default_factory=dict)
     dropped: str | None = None
     loss_mask: list[int] | None = None
+    source_completion: str = ""  # the completion as the sources stored it, before any step edited it
+
+    def __post_init__(self) -> None:
+        self.source_completion = self.source_completion or str(self.record.get("completion", ""))
 
     @property
     def problem(self) -> str:
         return str(self.record["problem_id"])
+
+    @property
+    def edited(self) -> bool:
+        return str(self.record.get("completion", "")) != self.source_completion
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Context:
     embed: Callable[[list[str], int, str], Any]  # (texts, batch size, device) -> [n, d] array
     source_campaigns: list[str]
     progress: Callable[[float, str], None] = lambda fraction, stage: None
+    workdir: Path | None = None  # where refinement steps keep finished work, so a resumed job skips it
 
 
 @dataclass
@@ -74,7 +84,7 @@ class StepReport:
     kept: int
 
 
-def _drop(candidate: Candidate, index: int, op: str, reason: str) -> None:
+def drop(candidate: Candidate, index: int, op: str, reason: str) -> None:
     candidate.dropped = f"step {index} ({op}): {reason}"
 
 
@@ -96,12 +106,12 @@ def pass_rate(cands: list[Candidate], step: PassRate, index: int, ctx: Context) 
     for c in cands:
         outcomes = passed.get(c.problem, [])
         if len(outcomes) < step.min_samples:
-            _drop(c, index, step.op, f"{len(outcomes)} verified samples < {step.min_samples}")
+            drop(c, index, step.op, f"{len(outcomes)} verified samples < {step.min_samples}")
             continue
         rate = sum(outcomes) / len(outcomes)
         c.values["pass_rate"] = rate
         if not step.low <= rate <= step.high:
-            _drop(c, index, step.op, f"pass rate {rate:.3f} outside [{step.low}, {step.high}]")
+            drop(c, index, step.op, f"pass rate {rate:.3f} outside [{step.low}, {step.high}]")
 
 
 def reward_variance(cands: list[Candidate], step: RewardVariance, index: int, ctx: Context) -> None:
@@ -109,12 +119,12 @@ def reward_variance(cands: list[Candidate], step: RewardVariance, index: int, ct
     for c in cands:
         values = scores.get(c.problem, [])
         if len(values) < step.min_samples:
-            _drop(c, index, step.op, f"{len(values)} verified samples < {step.min_samples}")
+            drop(c, index, step.op, f"{len(values)} verified samples < {step.min_samples}")
             continue
         std = statistics.pstdev(values)
         c.values["reward_std"] = std
         if std <= step.min_std:
-            _drop(c, index, step.op, f"reward std {std:.3f} <= {step.min_std}")
+            drop(c, index, step.op, f"reward std {std:.3f} <= {step.min_std}")
 
 
 # --------------------------------------------------------------------------- student-model filters
@@ -145,7 +155,7 @@ def student_loss(cands: list[Candidate], step: StudentLoss, index: int, ctx: Con
     limit = min(cutoff, step.max_loss if step.max_loss is not None else math.inf)
     for c, mean in zip(cands, means, strict=True):
         if mean > limit:
-            _drop(c, index, step.op, f"student loss {mean:.4f} > {limit:.4f}")
+            drop(c, index, step.op, f"student loss {mean:.4f} > {limit:.4f}")
 
 
 def token_mask(cands: list[Candidate], step: TokenMask, index: int, ctx: Context) -> None:
@@ -186,22 +196,38 @@ def _trim(c: Candidate, ctx: Context) -> None:
     # Only a cut that the verifier still accepts replaces the original.
     if ctx.verify(c.record, trimmed):
         c.values["trimmed_chars"] = len(text) - len(trimmed)
-        c.record = _with_completion(c.record, trimmed)
-        c.loss_mask = None  # the mask was aligned to the old text
+        replace_completion(c, trimmed)
 
 
 def _with_completion(record: dict[str, Any], completion: str) -> dict[str, Any]:
     messages = [dict(m) for m in record["messages"]]
     if messages and messages[-1]["role"] == "assistant":
         messages[-1]["content"] = completion
-    return {**record, "completion": completion, "messages": messages}
+    # The generator's token count described the old text; an edited one has none.
+    return {**record, "completion": completion, "messages": messages, "completion_tokens": None}
 
 
-def _length(c: Candidate) -> int:
-    # Characters when trimmed (token counts are the generator's and no longer match), else tokens.
-    if "trimmed_chars" in c.values:
-        return len(str(c.record["completion"]))
-    return int(c.record.get("completion_tokens") or len(str(c.record["completion"])))
+def replace_completion(c: Candidate, completion: str) -> None:
+    """Give a candidate a new (already re-verified) completion."""
+    c.record = _with_completion(c.record, completion)
+    c.loss_mask = None  # a mask was aligned to the old text
+
+
+def lengths(group: Sequence[Candidate]) -> list[int]:
+    """One measure for a problem's traces: the generator's token counts when every trace still has
+    one, else characters for all (an edited trace has no token count; mixing the two would compare
+    characters with tokens)."""
+    counts = [c.record.get("completion_tokens") for c in group]
+    if all(isinstance(n, int) and n > 0 for n in counts):
+        return [int(n) for n in counts if n is not None]
+    return [len(str(c.record["completion"])) for c in group]
+
+
+def by_problem(cands: Iterable[Candidate]) -> dict[str, list[Candidate]]:
+    groups: dict[str, list[Candidate]] = defaultdict(list)
+    for c in cands:
+        groups[c.problem].append(c)
+    return groups
 
 
 def length_prune(cands: list[Candidate], step: LengthPrune, index: int, ctx: Context) -> None:
@@ -209,24 +235,21 @@ def length_prune(cands: list[Candidate], step: LengthPrune, index: int, ctx: Con
         for i, c in enumerate(cands):
             _trim(c, ctx)
             ctx.progress((i + 1) / len(cands), "trimming after the final answer")
-    for c in cands:
-        c.values["length"] = _length(c)
-        if step.max_tokens is not None and c.values["length"] > step.max_tokens:
-            _drop(c, index, step.op, f"length {c.values['length']} > {step.max_tokens}")
-    by_problem: dict[str, list[Candidate]] = defaultdict(list)
-    for c in cands:
-        if c.dropped is None:
-            by_problem[c.problem].append(c)
-    for group in by_problem.values():
+    for group in by_problem(cands).values():
+        for c, length in zip(group, lengths(group), strict=True):
+            c.values["length"] = length
+            if step.max_tokens is not None and length > step.max_tokens:
+                drop(c, index, step.op, f"length {length} > {step.max_tokens}")
+    for group in by_problem(c for c in cands if c.dropped is None).values():
         group.sort(key=lambda c: (c.values["length"], str(c.record["id"])))
         shortest = group[0].values["length"]
         for rank, c in enumerate(group):
             if step.max_ratio is not None and c.values["length"] > step.max_ratio * shortest:
-                _drop(
+                drop(
                     c, index, step.op, f"length {c.values['length']} > {step.max_ratio} x shortest {shortest}"
                 )
             elif step.per_problem is not None and rank >= step.per_problem:
-                _drop(c, index, step.op, f"not among the {step.per_problem} shortest of its problem")
+                drop(c, index, step.op, f"not among the {step.per_problem} shortest of its problem")
 
 
 def _sq_distances(points: Any, centers: Any) -> Any:
@@ -294,7 +317,7 @@ def diversity(cands: list[Candidate], step: Diversity, index: int, ctx: Context)
                 chosen.add(int(members[j].pop()))
     for i, c in enumerate(cands):
         if i not in chosen:
-            _drop(c, index, step.op, f"cluster {int(labels[i])} over its share of {step.max_records}")
+            drop(c, index, step.op, f"cluster {int(labels[i])} over its share of {step.max_records}")
 
 
 STEPS: dict[str, Callable[[list[Candidate], Any, int, Context], None]] = {
@@ -307,6 +330,14 @@ STEPS: dict[str, Callable[[list[Candidate], Any, int, Context], None]] = {
 }
 
 
+def _registry() -> dict[str, Callable[[list[Candidate], Any, int, Context], None]]:
+    """Every step: these filters and the refinement steps (which build on this module, hence the
+    import here rather than at the top)."""
+    from coordinator.pipeline.ops import refine
+
+    return {**STEPS, **refine.STEPS}
+
+
 def run(
     records: Iterable[dict[str, Any]], steps: Sequence[SelectionStep], ctx: Context
 ) -> tuple[list[Candidate], list[StepReport]]:
@@ -317,7 +348,7 @@ def run(
         alive = [c for c in cands if c.dropped is None]
         ctx.progress(0.0, f"step {index} ({step.op}) over {len(alive)} traces")
         if alive:
-            STEPS[step.op](alive, step, index, ctx)
+            _registry()[step.op](alive, step, index, ctx)
         kept = sum(c.dropped is None for c in alive)
         reports.append(StepReport(step.op, step.model_dump(mode="json"), len(alive), kept))
     return cands, reports
