@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         "`python -m bench.trust generate/check --model` (docs/trust.md); unlisted models use the "
         "bundled model's table",
     )
+    evidence_false_alarm: float = Field(
+        default=1e-6,
+        gt=0,
+        lt=1,
+        description="bound on an honest worker's quarantine by its evidence, "
+        "per lifetime of evidence_lifetime validations (sets the CUSUM threshold, docs/trust.md)",
+    )
+    evidence_lifetime: int = Field(
+        default=100_000, ge=1, description="spot-checked validations in a worker's lifetime, for the bound"
+    )
     rate_limit_per_s: float = Field(
         default=20.0, ge=0, description="requests per second per token, sustained (0: no limit)"
     )

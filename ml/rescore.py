@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ml.sampling import raw_logprobs
-from shared import vllm_gumbel
+from shared import evidence, vllm_gumbel
 from shared.budget import NO_IDS, BudgetState, BudgetTokens
 from shared.protocol import NOISE_FLYWHEEL, NOISE_VLLM_GUMBEL, BudgetForcing, NoiseScheme, SamplingParams
 from shared.sampling import GUMBEL_MAX, allowed_floor, gumbel_at, noise_keys
@@ -355,6 +355,7 @@ def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
     needed = max(
         [0.0, *(-m / 2 for m in margins), *(e / k for e, k in zip(errors, scores.slack, strict=True))]
     )
+    cells = _cells(plan, margins, errors, scores.slack, eps)
     for p in range(n):
         reason = None
         if claim.tokens[p] in plan.watch.get(p, frozenset()):
@@ -364,8 +365,20 @@ def _verdict(case: Case, plan: _Plan, scores: _Scores) -> Outcome:
         elif errors[p] > scores.slack[p] * eps + FLOAT_SLACK:
             reason = f"claimed logprob {claim.logprobs[p]:.6g} is off by {errors[p]:.4g}"
         if reason is not None:
-            return Outcome(False, reason, p, worst_margin, worst_error, eps, n, needed)
-    return Outcome(True, "", worst_at, worst_margin, worst_error, eps, n, needed)
+            return Outcome(False, reason, p, worst_margin, worst_error, eps, n, needed, cells)
+    return Outcome(True, "", worst_at, worst_margin, worst_error, eps, n, needed, cells)
+
+
+def _cells(
+    plan: _Plan, margins: list[float], errors: list[float], slack: list[float], eps: float
+) -> tuple[int, ...]:
+    """The evidence cells of every position (shared/evidence.py): its margin, and its logprob
+    residual over the allowance's factor, both in logit units, each as a share of eps."""
+    cells = [
+        evidence.cell(m, e / k if k > 0 else 0.0, eps, p in plan.forced)
+        for p, (m, e, k) in enumerate(zip(margins, errors, slack, strict=True))
+    ]
+    return tuple(evidence.histogram(cells))
 
 
 # --------------------------------------------------------------------------- row arithmetic

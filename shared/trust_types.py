@@ -8,7 +8,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -30,7 +30,28 @@ class ValidationOut(Wire):
     tolerance: float | None
     validator: dict[str, Any]
     seconds: float
+    evidence: dict[str, Any] | None = Field(
+        default=None,
+        description="what a passed spot-check added to its worker's evidence: cells (positions per "
+        "cell of shared/evidence.py), ratios (log-likelihood ratio per alternative), statistics "
+        "(the CUSUMs after it), calibrated (false: weighed with the wide default)",
+    )
     created_at: datetime
+
+
+class EvidenceOut(Wire):
+    """A worker's sequential evidence (docs/trust.md, "Evidence over a worker's lifetime")."""
+
+    statistic: float = Field(description="the largest CUSUM statistic over the alternatives, in nats")
+    statistics: list[float] = Field(description="one CUSUM statistic per alternative")
+    alternatives: list[float] = Field(description="share of positions each alternative draws elsewhere")
+    threshold: float = Field(description="a statistic reaching this quarantines the worker")
+    false_alarm: float = Field(description="bound on an honest worker's alarm over its lifetime")
+    lifetime: int = Field(description="validations per worker lifetime the bound is stated for")
+    false_alarm_so_far: float = Field(description="the same bound over the validations weighed so far")
+    validations: int = Field(description="passed spot-checks weighed")
+    positions: int = Field(description="validated positions weighed")
+    uncalibrated: int = Field(description="validations weighed with the wide default distribution")
 
 
 class TrustOut(Wire):
@@ -46,7 +67,23 @@ class TrustOut(Wire):
     withdrawn: int = Field(description="traces kept out of dumps until they pass a validation")
     vouched_until: datetime | None
     last_failure: dict[str, Any] | None
+    evidence: EvidenceOut
     recent: list[ValidationOut] = Field(default_factory=list)
+
+
+class CalibrationIn(Wire):
+    """Honest cell counts of a model for one pairing, measured by `python -m bench.trust calibrate`."""
+
+    model: str = Field(min_length=1, max_length=255)
+    worker_dtype: str = Field(min_length=1, max_length=16)
+    validator_dtype: str = Field(min_length=1, max_length=16)
+    counts: list[Annotated[int, Field(ge=0)]]
+    traces: int = Field(ge=1)
+
+
+class CalibrationOut(CalibrationIn):
+    positions: int
+    updated_at: datetime
 
 
 class Requeued(Wire):
@@ -74,6 +111,9 @@ class Outcome:
     tolerance: float  # eps, the honest logit noise allowed
     positions: int
     needed: float = math.inf  # the smallest eps this trace passes with (calibration), in logit units
+    # per evidence cell (shared/evidence.py), how many of the trace's positions fell in it; empty
+    # when the claim failed before scoring
+    cells: tuple[int, ...] = ()
 
     def details(self) -> dict[str, Any]:
         """JSON-safe: infinities and NaN (nothing sampled, or a failure before scoring) become None."""

@@ -9,24 +9,30 @@ from fastapi import APIRouter, Query, Response
 
 from coordinator.db import after_commit, transaction
 from coordinator.deps import Limit, Offset, OperatorDep, RuntimeDep, SessionDep
-from coordinator.trust import service, tasks
+from coordinator.runtime import Runtime
+from coordinator.trust import evidence, service, tasks
 from shared.protocol import Routes, TokenOut
-from shared.trust_types import Requeued, TrustOut, ValidationOut
+from shared.trust_types import CalibrationIn, CalibrationOut, Requeued, TrustOut, ValidationOut
 
 router = APIRouter(tags=["trust"])
 WORKER = Routes.workers + "/{worker_id}"
+
+
+def _view(rt: Runtime) -> service.View:
+    s = rt.settings
+    return service.View(s.validation_floor, s.evidence_false_alarm, s.evidence_lifetime)
 
 
 @router.get("/trust/workers", response_model=list[TrustOut])
 def records(
     session: SessionDep, rt: RuntimeDep, _: OperatorDep, limit: Limit = 100, offset: Offset = 0
 ) -> list[TrustOut]:
-    return service.records(session, rt.settings.validation_floor, limit, offset)
+    return service.records(session, _view(rt), limit, offset)
 
 
 @router.get(WORKER + "/trust", response_model=TrustOut)
 def record(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
-    return service.record_of(session, worker_id, rt.settings.validation_floor)
+    return service.record_of(session, worker_id, _view(rt))
 
 
 @router.get("/trust/validations", response_model=list[ValidationOut])
@@ -44,13 +50,13 @@ def validations(
 @router.post(WORKER + "/trust/restore", response_model=TrustOut)
 def restore(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
     service.restore(session, worker_id)
-    return service.record_of(session, worker_id, rt.settings.validation_floor)
+    return service.record_of(session, worker_id, _view(rt))
 
 
 @router.post(WORKER + "/trust/ban", response_model=TrustOut)
 def ban(worker_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, _: OperatorDep) -> TrustOut:
     service.ban(session, worker_id)
-    return service.record_of(session, worker_id, rt.settings.validation_floor)
+    return service.record_of(session, worker_id, _view(rt))
 
 
 @router.post(WORKER + "/trust/revalidate", response_model=Requeued)
@@ -73,3 +79,14 @@ def rotate_token(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> T
 def revoke_token(worker_id: uuid.UUID, session: SessionDep, _: OperatorDep) -> Response:
     service.revoke_token(session, worker_id)
     return Response(status_code=204)
+
+
+@router.get("/trust/calibrations", response_model=list[CalibrationOut])
+def calibrations(session: SessionDep, _: OperatorDep) -> list[CalibrationOut]:
+    return evidence.calibrations(session)
+
+
+@router.put("/trust/calibrations", response_model=CalibrationOut)
+def put_calibration(body: CalibrationIn, session: SessionDep, _: OperatorDep) -> CalibrationOut:
+    """Store honest cell counts for (model, worker dtype, validator dtype); replaces an older one."""
+    return evidence.put_calibration(session, body)

@@ -79,6 +79,13 @@ class WorkerTrust(Base):
     # created_at of the newest trace that passed a spot-check: a failure withdraws everything after it
     vouched_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_failure: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Sequential evidence (shared/evidence.py): one CUSUM statistic per alternative, updated with
+    # every passed spot-check in the transaction that stores it; the positions and validations
+    # weighed, and how many of those were weighed without a calibration (the wide default).
+    evidence: Mapped[list[float] | None] = mapped_column(JSONType, nullable=True)
+    evidence_positions: Mapped[int] = mapped_column(Integer, default=0)
+    evidence_validations: Mapped[int] = mapped_column(Integer, default=0)
+    evidence_uncalibrated: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -100,4 +107,20 @@ class Validation(Base):
     tolerance: Mapped[float | None] = mapped_column(Float, nullable=True)
     validator: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # model, device, dtype
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # what the validation added to its worker's evidence: cells, log-likelihood ratios, statistics
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrustCalibration(Base):
+    """Honest cell counts (shared/evidence.py) of a model for one (worker dtype, validator dtype)
+    pairing, measured from honest traces (`python -m bench.trust calibrate`)."""
+
+    __tablename__ = "trust_calibrations"
+
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    worker_dtype: Mapped[str] = mapped_column(String(16), primary_key=True)
+    validator_dtype: Mapped[str] = mapped_column(String(16), primary_key=True)
+    counts: Mapped[list[int]] = mapped_column(JSONType)
+    traces: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

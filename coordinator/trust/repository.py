@@ -17,7 +17,15 @@ from coordinator.credit import repository as credit
 from coordinator.db import one_of, utcnow
 from coordinator.jobs.models import Job
 from coordinator.results.models import PENDING, Trace
-from coordinator.trust.models import ERROR, QUEUED, RECHECK, SKIPPED, Validation, WorkerTrust
+from coordinator.trust.models import (
+    ERROR,
+    QUEUED,
+    RECHECK,
+    SKIPPED,
+    TrustCalibration,
+    Validation,
+    WorkerTrust,
+)
 from coordinator.workers.models import Worker
 
 TRACES = cast(Table, Trace.__table__)
@@ -29,7 +37,8 @@ def trust_of(session: Session, worker_id: uuid.UUID, lock: bool = False) -> Work
     uses insert once: the losing INSERT does nothing instead of failing its transaction."""
     values = {
         "worker_id": worker_id, "trust": 0, "quarantined": False, "passed": 0, "failed": 0, "skipped": 0,
-        "unverifiable": 0, "updated_at": utcnow(),
+        "unverifiable": 0, "evidence_positions": 0, "evidence_validations": 0, "evidence_uncalibrated": 0,
+        "updated_at": utcnow(),
     }  # fmt: skip
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -193,3 +202,21 @@ def set_token_hash(session: Session, worker_id: uuid.UUID, token_hash: str) -> b
 
 def touch(record: WorkerTrust) -> None:
     record.updated_at = utcnow()
+
+
+def calibration(
+    session: Session, model: str, worker_dtype: str, validator_dtype: str
+) -> TrustCalibration | None:
+    return session.get(TrustCalibration, (model, worker_dtype, validator_dtype))
+
+
+def calibrations(session: Session) -> Sequence[TrustCalibration]:
+    query = select(TrustCalibration).order_by(
+        TrustCalibration.model_name, TrustCalibration.worker_dtype, TrustCalibration.validator_dtype
+    )
+    return session.scalars(query).all()
+
+
+def put_calibration(session: Session, row: TrustCalibration) -> None:
+    """Insert or replace a pairing's calibration (a new measurement supersedes the old one)."""
+    session.merge(row)

@@ -9,9 +9,10 @@ theirs created after the newest trace that passed a spot-check, until each passe
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
 from sqlalchemy.orm import Session
@@ -21,7 +22,8 @@ from coordinator.errors import NotFound
 from coordinator.jobs import service as jobs_service
 from coordinator.pipeline import service as pipeline
 from coordinator.results.models import PENDING, Trace
-from coordinator.trust import models_cache, repository
+from coordinator.trust import evidence, models_cache, repository
+from coordinator.trust.evidence import Weighed
 from coordinator.trust.models import (
     ERROR,
     FAILED,
@@ -180,25 +182,78 @@ class Result:
     seconds: float
 
 
-def record(session: Session, item: Pending, result: Result, lock: bool) -> list[uuid.UUID]:
+def record(
+    session: Session, item: Pending, result: Result, lock: bool, threshold: float = math.inf
+) -> list[uuid.UUID]:
     """Store a validation's outcome and its consequences; returns traces to re-check (after a
-    failure). A second run for the same trace finds it decided and changes nothing."""
+    failure). A second run for the same trace finds it decided and changes nothing. A passed
+    spot-check adds its positions to the worker's evidence in the same transaction; evidence
+    reaching `threshold` fails the validation, with every consequence a failure has."""
     trace = repository.trace(session, item.trace_id, lock=lock)
     if trace is None or trace.validation not in (QUEUED, RECHECK):
         return []
     purpose = SPOT_CHECK if trace.validation == QUEUED else RECHECK
     outcome = result.outcome
-    status = ERROR if outcome is None else (PASSED if outcome.passed else FAILED)
-    repository.add_validation(session, _validation_row(trace, purpose, status, result))
-    trace.validation = status
     if outcome is None:
+        _store(session, trace, purpose, ERROR, result, None)
         return []
     record = repository.trust_of(session, trace.worker_id, lock=lock)
     repository.touch(record)
+    weighed = _weigh(session, item, result, record, purpose, threshold) if outcome.passed else None
+    outcome = _judged(outcome, weighed, record, purpose, threshold)
+    status = PASSED if outcome.passed else FAILED
+    _store(session, trace, purpose, status, replace(result, outcome=outcome), weighed)
     if outcome.passed:
         _passed(session, trace, record, purpose)
         return []
-    return _failed(session, trace, record, outcome)
+    return _failed(session, trace, record, outcome, weighed, threshold)
+
+
+def _store(
+    session: Session, trace: Trace, purpose: str, status: str, result: Result, weighed: Weighed | None
+) -> None:
+    row = _validation_row(trace, purpose, status, result)
+    row.evidence = weighed.details() if weighed is not None else None
+    repository.add_validation(session, row)
+    trace.validation = status
+
+
+def _weigh(
+    session: Session, item: Pending, result: Result, record: WorkerTrust, purpose: str, threshold: float
+) -> Weighed | None:
+    """A passed spot-check of a worker in good standing moves its evidence; a re-check after a
+    quarantine by evidence is weighed without moving it (see _judged)."""
+    assert result.outcome is not None
+    if not result.outcome.cells:
+        return None
+    pairing = evidence.Pairing(
+        item.spec.model.name, item.worker_dtype or "unknown", str(result.validator.get("dtype", ""))
+    )
+    if purpose == SPOT_CHECK and not record.quarantined:
+        return evidence.add(record, evidence.weigh(session, pairing, result.outcome), threshold)
+    if purpose == RECHECK and (record.last_failure or {}).get("evidence"):
+        return evidence.weigh(session, pairing, result.outcome)
+    return None
+
+
+def _judged(
+    outcome: Outcome, weighed: Weighed | None, record: WorkerTrust, purpose: str, threshold: float
+) -> Outcome:
+    """The outcome, failed where the evidence says so: the worker's statistic reached the threshold,
+    or a re-check of a worker quarantined by its evidence leans towards a cheating alternative
+    (its own log-likelihood ratio above 0), which a per-trace check cannot rule out."""
+    if weighed is None:
+        return outcome
+    if weighed.crossed:
+        reason = (
+            f"the worker's evidence reached its threshold: {max(weighed.statistics):.4g} >= "
+            f"{threshold:.4g} nats over {record.evidence_validations} validations"
+        )
+        return replace(outcome, passed=False, reason=reason)
+    if purpose == RECHECK and max(weighed.ratios) > 0:
+        reason = f"after a quarantine by evidence, the trace leans cheating ({max(weighed.ratios):.4g} nats)"
+        return replace(outcome, passed=False, reason=reason)
+    return outcome
 
 
 def _validation_row(trace: Trace, purpose: str, status: str, result: Result) -> Validation:
@@ -239,14 +294,22 @@ def _return(session: Session, trace: Trace) -> None:
     credit.revoke(session, [trace.id])
 
 
-def _failed(session: Session, trace: Trace, record: WorkerTrust, outcome: Outcome) -> list[uuid.UUID]:
+def _failed(
+    session: Session,
+    trace: Trace,
+    record: WorkerTrust,
+    outcome: Outcome,
+    weighed: Weighed | None = None,
+    threshold: float = math.inf,
+) -> list[uuid.UUID]:
     _return(session, trace)
     trace.withdrawn = True
     record.failed += 1
     record.trust = 0
     record.quarantined = True
     workers.clear_credit(session, trace.worker_id)
-    record.last_failure = {"trace_id": str(trace.id), **outcome.details()}
+    crossed = evidence.failure(weighed, threshold) if weighed is not None and weighed.crossed else {}
+    record.last_failure = {"trace_id": str(trace.id), **outcome.details(), **crossed}
     workers.set_banned(session, trace.worker_id, True)
     return repository.taint(session, trace.worker_id, record.vouched_until, trace.id)
 
@@ -260,14 +323,23 @@ def _state(worker: Worker, record: WorkerTrust | None) -> WorkerState:
     return "quarantined" if record is not None and record.quarantined else "banned"
 
 
-def _out(worker: Worker, record: WorkerTrust | None, withdrawn: int, floor: float) -> TrustOut:
+@dataclass(frozen=True)
+class View:
+    """The settings a worker's record is shown with."""
+
+    floor: float
+    false_alarm: float = 1e-6
+    lifetime: int = 100_000
+
+
+def _out(worker: Worker, record: WorkerTrust | None, withdrawn: int, view: View) -> TrustOut:
     trust = record.trust if record is not None else 0
     return TrustOut(
         worker_id=worker.id,
         name=worker.name,
         state=_state(worker, record),
         trust=trust,
-        check_probability=check_probability(trust, floor),
+        check_probability=check_probability(trust, view.floor),
         passed=record.passed if record else 0,
         failed=record.failed if record else 0,
         skipped=record.skipped if record else 0,
@@ -275,21 +347,22 @@ def _out(worker: Worker, record: WorkerTrust | None, withdrawn: int, floor: floa
         withdrawn=withdrawn,
         vouched_until=record.vouched_until if record else None,
         last_failure=record.last_failure if record else None,
+        evidence=evidence.out(record, view.false_alarm, view.lifetime),
     )
 
 
-def records(session: Session, floor: float, limit: int = 100, offset: int = 0) -> list[TrustOut]:
+def records(session: Session, view: View, limit: int = 100, offset: int = 0) -> list[TrustOut]:
     rows = repository.records(session, limit, offset)
     withdrawn = repository.withdrawn_counts(session, [row[0].id for row in rows])
-    return [_out(w, r, withdrawn.get(w.id, 0), floor) for w, r in rows]
+    return [_out(w, r, withdrawn.get(w.id, 0), view) for w, r in rows]
 
 
-def record_of(session: Session, worker_id: uuid.UUID, floor: float) -> TrustOut:
+def record_of(session: Session, worker_id: uuid.UUID, view: View) -> TrustOut:
     worker = _worker(session, worker_id)
     record = repository.trust_of(session, worker_id)
     withdrawn = repository.withdrawn_counts(session, [worker_id]).get(worker_id, 0)
     recent = [validation_out(v) for v in repository.validations(session, worker_id, None, RECENT)]
-    return _out(worker, record, withdrawn, floor).model_copy(update={"recent": recent})
+    return _out(worker, record, withdrawn, view).model_copy(update={"recent": recent})
 
 
 def validation_out(v: Validation) -> ValidationOut:
@@ -326,6 +399,7 @@ def _set_banned(session: Session, worker_id: uuid.UUID, banned: bool) -> None:
     record = repository.trust_of(session, worker_id, lock=True)
     record.quarantined = False
     record.trust = 0
+    evidence.reset(record)
     repository.touch(record)
     workers.set_banned(session, worker_id, banned)
 

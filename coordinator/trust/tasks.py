@@ -27,6 +27,7 @@ from coordinator.trust.validator import Submitted, validate
 from ml import scorer as scorers
 from ml.errors import ModelUnavailable
 from ml.scorer import Scorer
+from shared import evidence
 from shared.protocol import ARTIFACT_MODEL_PREFIX
 from shared.trust_types import Outcome
 
@@ -80,9 +81,10 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
     else:
         validator = {"model": name, "device": scorer.device, "dtype": scorer.dtype}
         results = _check(scorer, items, validator, settings.validation_noise.get(name))
+    threshold = evidence.threshold(settings.evidence_false_alarm, settings.evidence_lifetime)
     for item, result in zip(items, results, strict=True):
         with transaction(runtime.sessions) as session:
-            recheck = service.record(session, item, result, lock=not runtime.settings.is_sqlite)
+            recheck = service.record(session, item, result, not settings.is_sqlite, threshold)
             if recheck:
                 log.warning(
                     "worker %s failed a validation; re-checking %d traces", item.worker_id, len(recheck)
