@@ -31,6 +31,19 @@ def add_pipeline_commands(subparsers: Any) -> None:
     submit.add_argument("--name")
     _run_flags(submit)
     submit.set_defaults(func=_submit)
+    select = sub.add_parser(
+        "select", help="select and refine the accepted traces of campaigns (steps: see docs/pipeline.md)"
+    )
+    select.add_argument("--campaign", action="append", required=True, type=uuid.UUID, help="repeatable")
+    select.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        help='a step as JSON, repeatable, run in order: \'{"op": "shortest_verified"}\'',
+    )
+    select.add_argument("--name")
+    _run_flags(select)
+    select.set_defaults(func=_select)
     rl = sub.add_parser("rl", help="start a GRPO run whose rollouts volunteers produce")
     rl.add_argument("--model", required=True, help="base model name or flywheel-artifact/<sha256>")
     rl.add_argument("--problem-set", required=True, help="problem set name")
@@ -81,6 +94,15 @@ def _submit(args: argparse.Namespace) -> int:
     if args.name:
         request["name"] = args.name
     return _create(request, args.here)
+
+
+def _select(args: argparse.Namespace) -> int:
+    try:
+        steps = [json.loads(step) for step in args.step]
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--step must be a JSON object: {exc}") from exc
+    spec = {"kind": "select", "campaign_ids": [str(c) for c in args.campaign], "steps": steps}
+    return _create({"spec": spec, "name": args.name} if args.name else {"spec": spec}, args.here)
 
 
 def _rl(args: argparse.Namespace) -> int:

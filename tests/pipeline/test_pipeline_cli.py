@@ -56,3 +56,18 @@ def test_submit_runs_a_job_here_and_fetch_checks_the_artifact(
     fetched = _cli(settings, "fetch", sha, "--out", str(out))
     assert fetched.returncode == 0, fetched.stderr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == sha and len(out.read_text().splitlines()) == 2
+
+
+def test_select_runs_refinement_steps_given_on_the_command_line(api: Api, settings: Settings) -> None:
+    campaign_id = campaign(api, problem_set(api, 2), samples=2)
+    worker = api.volunteer()
+    jobs = lease_all(api, worker)
+    submit(api, worker, [trace(j, worked(j) + " ok" * j["spec"]["sample_index"]) for j in jobs])
+    api.drain()
+    done = _cli(settings, "select", "--campaign", campaign_id, "--step", '{"op": "shortest_verified"}')
+    assert done.returncode == 0, done.stderr
+    final = json.loads(done.stdout[done.stdout.index("\n{") :])
+    assert final["status"] == "done" and final["metrics"]["considered"] == 4 and final["metrics"]["kept"] == 2
+    assert final["metrics"]["steps"][0]["op"] == "shortest_verified"
+    bad = _cli(settings, "select", "--campaign", campaign_id, "--step", "{op: oops}")
+    assert bad.returncode != 0 and "--step must be a JSON object" in bad.stderr
