@@ -1,0 +1,134 @@
+"""Submitter edges a mutation run found untested: a failure that says nothing about the results
+(network, 429) must not mark them suspect, a bisected request whose half failed must be retried
+without new work arriving, and every refused result is counted."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from worker_fakes import FakeCoordinator, Reply, error_reply
+
+from shared.protocol import (
+    API_PREFIX,
+    EngineInfo,
+    FinishReason,
+    HardwareInfo,
+    Routes,
+    SubmitRequest,
+    TraceSubmission,
+)
+from tests.waiting import wait_for
+from worker.client import CoordinatorClient
+from worker.config import RetryPolicy
+from worker.errors import WorkerError
+from worker.leases import LeaseBook
+from worker.progress import Stats
+from worker.spool import Spool
+from worker.submitter import Submitter
+
+SUBMIT = API_PREFIX + Routes.submit
+RETRY = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
+
+
+def _results(coordinator: FakeCoordinator, texts: list[str]) -> list[TraceSubmission]:
+    results = [
+        TraceSubmission(
+            lease_id=uuid.uuid4(), attempt_id=uuid.uuid4(), job_id=uuid.uuid4(), text=text,
+            completion_token_ids=[1, 2], logprobs=[-0.5, -0.25], finish_reason=FinishReason.stop,
+            engine=EngineInfo(name="transformers"),
+        )
+        for text in texts
+    ]  # fmt: skip
+    coordinator.outstanding.update(r.lease_id for r in results)  # leased to this worker
+    return results
+
+
+@contextmanager
+def _submitter(url: str, spool: Spool, fatal: list[WorkerError]) -> Iterator[Submitter]:
+    with CoordinatorClient(url, "secret-token", retry=RETRY, timeout_s=5) as client:
+        describe = (EngineInfo(name="transformers"), HardwareInfo())
+        yield Submitter(client, spool, LeaseBook(64), Stats(), describe, 0.05, fatal.append)
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_an_unreachable_coordinator_keeps_every_result_and_marks_none_suspect(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put_many(_results(FakeCoordinator(), ["a", "b", "c"]))
+    fatal: list[WorkerError] = []
+    with _submitter(_dead_url(), spool, fatal) as submitter:
+        submitter.flush()
+        submitter.flush()
+    assert len(spool) == 3 and submitter.stats.stalled == 0 and fatal == []
+
+
+def test_a_rate_limited_submission_is_sent_whole_once_the_coordinator_answers(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    """A 429 says nothing about the traces: no result is held back or sent in smaller batches."""
+    spool = Spool(tmp_path)
+    spool.put_many(_results(coordinator, ["a", "b", "c"]))
+    coordinator.fail_next(SUBMIT, *[error_reply(429, "rate_limited")] * RETRY.attempts)
+    with _submitter(coordinator.url, spool, []) as submitter:
+        submitter.flush()
+        assert len(spool) == 3 and submitter.stats.stalled == 0
+        submitter.flush()
+    assert coordinator.count(SUBMIT) == 2 * RETRY.attempts - 1 and len(coordinator.stored) == 3
+    assert len(spool) == 0 and submitter.stats.accepted == 3
+
+
+def test_the_failed_half_of_a_bisected_request_is_retried_without_new_work(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    """The pair is refused for its content (422), so it is halved; the half holding "flaky" then
+    fails with a 5xx while the other is stored. The daemon gets no new result after that: the
+    failed half must still be sent again, and stored."""
+    spool = Spool(tmp_path)
+    spool.put_many(_results(coordinator, ["fine", "flaky"]))
+    failures = {"left": 2 * RETRY.attempts}
+
+    def refuse(request: SubmitRequest) -> Reply | None:
+        if len(request.results) > 1:
+            return error_reply(422, "validation_error", "one of these is malformed")
+        if request.results[0].text == "flaky" and failures["left"] > 0:
+            failures["left"] -= 1
+            return error_reply(503, "unavailable")
+        return None
+
+    coordinator.refuse_request = refuse
+    fatal: list[WorkerError] = []
+    with _submitter(coordinator.url, spool, fatal) as submitter:
+        submitter.start()  # its first act is to send what the spool holds
+        wait_for(
+            lambda: len(spool) == 0,
+            60,
+            lambda: f"spool {[r.text for r in spool.pending()]}, {submitter.stats}",
+        )
+        submitter.close(timeout=30)
+    assert sorted(r.text for r in coordinator.stored.values()) == ["fine", "flaky"]
+    assert submitter.stats.accepted == 2 and submitter.stats.refused == 0 and fatal == []
+
+
+def test_every_result_refused_for_its_content_is_counted(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path)
+    spool.put_many(_results(coordinator, ["bad", "good", "bad", "good"]))
+
+    def refuse(request: SubmitRequest) -> Reply | None:
+        if any(r.text == "bad" for r in request.results):
+            return error_reply(422, "validation_error", "bad trace")
+        return None
+
+    coordinator.refuse_request = refuse
+    with _submitter(coordinator.url, spool, []) as submitter:
+        submitter.flush()
+    assert submitter.stats.refused == 2 and submitter.stats.accepted == 2 and len(spool) == 0
