@@ -170,6 +170,8 @@ class Checked:
     generate_s: float
     reason: str
     prefill_s: float = 0.0
+    cells: tuple[int, ...] = ()  # positions per evidence cell (shared/evidence.py)
+    positions: int = 0
 
 
 def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int = 256) -> list[Checked]:
@@ -187,12 +189,12 @@ def check_records(records: Sequence[Record], device: str, dtype: str, chunk: int
         ]
         for record, result in zip(part, validate(validator, claims), strict=True):
             o = result.outcome
-            seconds = (result.seconds, record.generate_s)
             out.append(
                 Checked(
-                    record.source, o.passed, o.needed, o.tolerance, *seconds, o.reason, result.prefill_seconds
+                    record.source, o.passed, o.needed, o.tolerance, result.seconds, record.generate_s,
+                    o.reason, result.prefill_seconds, o.cells, o.positions,
                 )
-            )
+            )  # fmt: skip
     _sync(device)
     return out
 
@@ -481,6 +483,35 @@ def logprobs_altered(
     return [Forged(t.tokens, [lp / 2 for lp in t.logprobs], t.finish, t.text) for t in honest]
 
 
+def temperature_shift(delta: float) -> Forger:
+    """Sampling at T + delta (greedy jobs at delta), logprobs recomputed under the job's own rule."""
+
+    def forge(
+        models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+    ) -> list[Forged | None]:
+        shifted = [_variant_of(j, temperature=max(j.sampling.temperature + delta, 0.0)) for j in jobs]
+        return [
+            Forged(f.tokens, models.logprobs(job, f.tokens), f.finish, f.text)
+            if f.tokens != h.tokens
+            else None
+            for job, f, h in zip(jobs, _generated(models.honest, shifted), honest, strict=True)
+        ]
+
+    return forge
+
+
+def top_p_changed(
+    models: Models, jobs: Sequence[JobSpec], honest: list[Forged], rng: random.Random
+) -> list[Forged | None]:
+    """Sampling with top-p moved by 0.05 (0.95 where the job has none), logprobs recomputed."""
+    moved = [_variant_of(j, top_p=min(j.sampling.top_p + 0.05, 1.0) if j.sampling.top_p < 1 else 0.95)
+             for j in jobs]  # fmt: skip
+    return [
+        Forged(f.tokens, models.logprobs(job, f.tokens), f.finish, f.text) if f.tokens != h.tokens else None
+        for job, f, h in zip(jobs, _generated(models.honest, moved), honest, strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str
@@ -498,6 +529,9 @@ ATTACKS = [
     Attack("int4 weights", precision("int4")),
     Attack("edited final answer", edited_answer),
     Attack("wrong temperature (T/2)", wrong_temperature),
+    Attack("temperature +0.1", temperature_shift(0.1)),
+    Attack("temperature -0.1", temperature_shift(-0.1)),
+    Attack("top-p changed", top_p_changed),
     Attack("replay of another job's trace", replay),
     Attack("correct answer pasted in", pasted_answer),
     Attack("single-token edit", single_token),
@@ -829,6 +863,9 @@ def _parser() -> argparse.ArgumentParser:
     atk.add_argument("--claims", nargs="*", help="claimed dtypes to send (default: each attack's)")
     atk.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     atk.add_argument("--work-dir", type=Path, default=Path(".flywheel/bench-trust/attack"))
+    from bench import trust_workers  # the per-worker modes, which build on this module
+
+    trust_workers.add_parsers(sub)
     return parser
 
 
@@ -853,6 +890,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with gzip.open(args.save, "wt", encoding="utf-8") as out:
                 out.writelines(json.dumps(asdict(c)) + "\n" for c in checked)
         return 0
+    from bench import trust_workers
+
+    if args.command == "calibrate":
+        return trust_workers.calibrate(args)
+    if args.command == "workers":
+        return trust_workers.run_workers(args)
     if args.command == "rejudge":
         saved = [Checked(**json.loads(line)) for path in args.files for line in _lines(path)]
         report_checks(rejudge(saved, args.dtype), args.device, args.dtype)

@@ -7,9 +7,9 @@ leading it by one) crossed with its logprob residual (how far the claimed logpro
 the honest range, as a share of eps). Honest workers fill the cells as a calibration measured
 (`honest_distribution`); a cheater's positions come, some share `w` of the time, from elsewhere.
 
-For each of the contamination shares in `ALTERNATIVES`, a CUSUM over validations of the
-log-likelihood ratio "a share w of positions comes from the uniform distribution over cells"
-against "every position is honest". A CUSUM alarms as soon as the ratio summed from some
+For each alternative in `ALTERNATIVES` (a group of suspicious cells, and a share w), a CUSUM over
+validations of the log-likelihood ratio "a share w of positions falls, evenly, in the group's
+cells" against "every position is honest". A CUSUM alarms as soon as the ratio summed from some
 validation j onwards reaches the threshold h. Under the honest distribution the ratio's product
 from any fixed j is a nonnegative martingale of mean 1, so by Ville's inequality it ever reaches
 e^h with probability at most e^-h; a union over the K alternatives and the V validations a worker
@@ -37,7 +37,13 @@ RESIDUAL = (0.01, 0.05, 0.2, 0.5)
 RESIDUAL_CLASSES = len(RESIDUAL) + 1
 BINS = MARGIN_CLASSES * RESIDUAL_CLASSES
 
-ALTERNATIVES = (0.02, 0.1, 0.5)  # shares of positions a cheater draws from elsewhere
+# What a cheater does differently, some share w of the time: its claimed token trails the
+# validator's pick (another model, precision or temperature picks other tokens at near-ties), or
+# its logprob lies off the honest range by 5% of eps or more (edited or recomputed logprobs).
+GROUPS = ("trailing", "residual")
+SHARES = (0.01, 0.05, 0.25)
+ALTERNATIVES = tuple((group, w) for group in GROUPS for w in SHARES)
+PSEUDO_COUNT = 0.5  # per cell, so a cell the calibration never saw is rare, not impossible
 
 # Without a calibration: a deliberately wide honest distribution (margin class x residual class),
 # which gives near-ties and logprob residuals far more mass than any honest pairing measured in
@@ -79,23 +85,35 @@ def histogram(cells: Sequence[int]) -> list[int]:
     return counts
 
 
+def in_group(group: str, index: int) -> bool:
+    margin, residual = divmod(index, RESIDUAL_CLASSES)
+    if group == "trailing":
+        return 1 <= margin <= len(TRAILING) + 1
+    return residual >= 2
+
+
 def default_distribution() -> list[float]:
     return [m * r for m in DEFAULT_MARGIN for r in DEFAULT_RESIDUAL]
 
 
 def honest_distribution(counts: Sequence[int] | None) -> list[float]:
-    """Cell probabilities from a calibration's counts (one pseudo-count per cell, so a cell the
-    calibration never saw is rare, not impossible), or the wide default without one."""
+    """Cell probabilities from a calibration's counts (plus PSEUDO_COUNT each), or the wide default
+    without one."""
     if not counts or len(counts) != BINS:
         return default_distribution()
-    total = sum(counts) + BINS
-    return [(c + 1) / total for c in counts]
+    total = sum(counts) + PSEUDO_COUNT * BINS
+    return [(c + PSEUDO_COUNT) / total for c in counts]
 
 
 def cell_ratios(honest: Sequence[float]) -> list[list[float]]:
-    """Per alternative, per cell: log of (1 - w) + w * uniform / honest."""
-    uniform = 1.0 / BINS
-    return [[math.log(1 - w + w * uniform / p) for p in honest] for w in ALTERNATIVES]
+    """Per alternative (group, w), per cell: log of (1 - w) + w * q / honest, with q uniform over
+    the group's cells: a share w of positions falls in the group's cells, evenly."""
+    rows = []
+    for group, w in ALTERNATIVES:
+        cells = [i for i in range(BINS) if in_group(group, i)]
+        q = 1.0 / len(cells)
+        rows.append([math.log(1 - w + (w * q / p if i in cells else 0.0)) for i, p in enumerate(honest)])
+    return rows
 
 
 def log_ratios(counts: Sequence[int], ratios: Sequence[Sequence[float]]) -> list[float]:

@@ -44,7 +44,9 @@ class EvidenceOut(Wire):
 
     statistic: float = Field(description="the largest CUSUM statistic over the alternatives, in nats")
     statistics: list[float] = Field(description="one CUSUM statistic per alternative")
-    alternatives: list[float] = Field(description="share of positions each alternative draws elsewhere")
+    alternatives: list[str] = Field(
+        description="each alternative: the group of cells a cheater's positions fall in, and how often"
+    )
     threshold: float = Field(description="a statistic reaching this quarantines the worker")
     false_alarm: float = Field(description="bound on an honest worker's alarm over its lifetime")
     lifetime: int = Field(description="validations per worker lifetime the bound is stated for")

@@ -83,7 +83,7 @@ def out(record: WorkerTrust | None, false_alarm: float, lifetime: int) -> Eviden
     return EvidenceOut(
         statistic=max(statistics),
         statistics=statistics,
-        alternatives=list(evidence.ALTERNATIVES),
+        alternatives=[f"{group} {share:g}" for group, share in evidence.ALTERNATIVES],
         threshold=h,
         false_alarm=false_alarm,
         lifetime=lifetime,
