@@ -9,7 +9,11 @@ Every configuration is a campaign over the same held-out problems (the first N o
 daemons (CPU, float32) leasing jobs over HTTP from a real coordinator process, which verifies every
 trace and aggregates each campaign's samples (`GET /v1/campaigns/{id}/strategies`): pass@1 (mean
 over samples), majority vote, shortest-of-n and pass@n (any sample right: an oracle, not a strategy).
-Cost is completion tokens generated per problem, all samples counted.
+For campaigns of n > 1 samples the bench then exports the verified samples and adds the two
+strategies evaluation jobs compute with a model (coordinator/pipeline/ops/ttc.py, the same code):
+fuzzy majority over all-MiniLM-L6-v2 embeddings of the final answers (threshold 0.9) and
+selection by the tiny model's own likelihood. Cost is completion tokens generated per problem, all
+samples counted (the likelihood scorer's prefill is not generation and is left out).
 
 The tiny model has no `<think>` section: it writes column-by-column work, then `\\boxed{answer}`.
 Budget forcing treats that work as the thinking span, the way docs/worker.md ("Budget forcing")
@@ -34,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
+
 from bench.flywheel import ROOT, TINY, Cluster, log
 from shared.protocol import (
     BudgetForcing,
@@ -47,6 +53,7 @@ from shared.protocol import (
 MAX_TOKENS = 192  # as bench/flywheel.py evaluates; greedy completions here are at most 89 tokens
 BOXED = "\\boxed{"
 STRATEGIES: tuple[str, ...] = ("pass@1", "majority", "shortest", "pass@n")
+MODEL_STRATEGIES: tuple[str, ...] = ("fuzzy_majority", "likelihood")
 CAMPAIGN_TIMEOUT_S = 1800.0
 
 
@@ -202,8 +209,35 @@ def run_campaign(cluster: Cluster, config: Config, problem_set_id: str, seed: in
         StrategyReport.model_validate(r) for r in cluster.call("GET", f"/campaigns/{campaign.id}/strategies")
     ]
     rows = rows_for(config, reports, wall_s)
+    if config.samples > 1:
+        rows += model_rows(config, model_reports(cluster, str(campaign.id)), wall_s)
     log(f"{config.name}: " + ", ".join(f"{r.strategy} {r.accuracy:.3f}" for r in rows) + f" ({wall_s:.0f} s)")
     return rows
+
+
+def model_reports(cluster: Cluster, campaign_id: str) -> list[StrategyReport]:
+    """Fuzzy majority and likelihood over the campaign's verified samples, as an evaluation job
+    computes them."""
+    from coordinator.pipeline.ops import selection, ttc
+    from ml import embeddings
+    from shared.assets import ModelSource, resolve_model
+    from shared.pipeline_types import FuzzyMajority, LikelihoodSelect
+
+    headers = {"Authorization": f"Bearer {cluster.token}"}
+    url = f"{cluster.url}/v1/datasets/{campaign_id}/export?status=accepted&status=rejected"
+    body = httpx.get(url, headers=headers, timeout=300)
+    body.raise_for_status()
+    groups = ttc.samples_of([json.loads(line) for line in body.text.splitlines() if line.strip()])
+    fuzzy, _ = ttc.fuzzy_majority(groups, FuzzyMajority(device="cpu"), embeddings.embed)
+    scorer = selection.scorer_for(ModelSource(resolve_model(TINY)), "cpu")
+    likely, _ = ttc.likelihood(groups, LikelihoodSelect(device="cpu"), scorer)
+    return [fuzzy, likely]
+
+
+def model_rows(config: Config, reports: Sequence[StrategyReport], wall_s: float) -> list[Row]:
+    return [
+        Row(config.name, r.strategy, r.accuracy, r.tokens_per_problem, r.problems, wall_s) for r in reports
+    ]
 
 
 def wait_for_workers(cluster: Cluster, count: int, timeout_s: float = 180.0) -> None:
