@@ -106,6 +106,8 @@ def _problems(args: argparse.Namespace) -> int:
         options = _dataset_options(args, options)
     if args.source == "code":
         options = _code_options(args, options)
+    if args.source == "verifiers":
+        options = _environment_options(args, options)
     request = ProblemSetCreate(
         name=args.name,
         source=args.source,
@@ -115,7 +117,8 @@ def _problems(args: argparse.Namespace) -> int:
         options=options,
     )
 
-    read = service.dataset_problems(request, Path(args.file)) if args.source == "dataset" else None
+    dataset = args.source == "dataset"
+    read = service.dataset_problems(request, Path(args.file)) if dataset else service.read_first(request)
 
     def work(session: Any) -> Any:
         if args.source in ("jsonl", "code"):
@@ -132,6 +135,15 @@ def _code_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     if not args.file:
         raise SystemExit("problems code needs --file (a JSONL file of APPS, CodeContests or MBPP rows)")
     return {**options, "format": args.format} if args.format else options
+
+
+def _environment_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """--environment and --env-args over --options."""
+    if args.environment:
+        options = {**options, "environment": args.environment}
+    if args.env_args:
+        options = {**options, "args": _json_options(args.env_args)}
+    return options
 
 
 def _dataset_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +260,7 @@ def _problems_parser(sub: Any) -> None:
     problems = sub.add_parser(
         "problems", help="load a problem set (built-in source, JSONL file or dataset file)"
     )
-    sources = ["jsonl", "dataset", "code", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    sources = ["jsonl", "dataset", "code", "verifiers", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
     problems.add_argument("source", choices=sources)
     problems.add_argument("--name", required=True)
     problems.add_argument(
@@ -267,6 +279,11 @@ def _problems_parser(sub: Any) -> None:
     )
     for field in ("prompt", "answer", "system", "id", "metadata"):
         dataset.add_argument(f"--{field}-column", help=f"the column holding the {field} (default: {field})")
+    environment = problems.add_argument_group("verifiers source (docs/problems.md)")
+    environment.add_argument(
+        "--environment", help="an installed environment's id (as load_environment takes it)"
+    )
+    environment.add_argument("--env-args", help="JSON object of load_environment's keyword arguments")
     problems.set_defaults(func=_problems)
 
 

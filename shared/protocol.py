@@ -359,7 +359,7 @@ class SubmitResponse(Wire):
 class VerifierSpec(Wire):
     """How to check an answer; travels only inside the coordinator, never to workers."""
 
-    kind: Literal["math", "reasoning_gym", "code"]
+    kind: Literal["math", "reasoning_gym", "code", "verifiers"]
     gold: Any = None
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -392,14 +392,16 @@ class ProblemIn(Wire):
     id: str = Field(min_length=1, max_length=256)
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     answer: Any = None
-    verifier: Literal["math", "reasoning_gym", "code"] = "math"
+    verifier: Literal["math", "reasoning_gym", "code", "verifiers"] = "math"
     system: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class ProblemSetCreate(Wire):
     name: Name
-    source: Literal["jsonl", "dataset", "code", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"]
+    source: Literal[
+        "jsonl", "dataset", "code", "verifiers", "gsm8k", "arithmetic", "reasoning_gym", "humaneval"
+    ]
     split: str = Field(default="test", max_length=32)
     limit: int | None = Field(default=None, ge=1, le=10_000_000)
     seed: int = Field(default=0, ge=0)

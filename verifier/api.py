@@ -18,6 +18,7 @@ from importlib import metadata
 from shared.protocol import Verdict, VerifierSpec
 from verifier import pool, sandbox
 from verifier.code import verify_code
+from verifier.environments import verify_environment
 from verifier.errors import SandboxUnavailableError, VerifierError
 from verifier.math import verify_math
 from verifier.procedural import verify_reasoning_gym
@@ -28,6 +29,7 @@ _DISPATCH: dict[str, Callable[[VerifierSpec, str], Verdict]] = {
     "math": verify_math,
     "reasoning_gym": verify_reasoning_gym,
     "code": verify_code,
+    "verifiers": verify_environment,
 }
 
 
@@ -65,6 +67,7 @@ def check_available() -> dict[str, str | None]:
         "cpp": shutil.which("g++"),
         "math_verify": _version("math-verify"),
         "reasoning_gym": _version("reasoning-gym"),
+        "verifiers": _version("verifiers"),
     }
 
 

@@ -26,8 +26,10 @@ CREATED: dict[int | str, dict[str, Any]] = {
 
 @router.post(Routes.problem_sets, response_model=ProblemSetOut, status_code=201, responses=CREATED)
 def create(body: ProblemSetCreate, session: SessionDep, _: OperatorDep) -> ProblemSetOut:
-    """Load a built-in source (gsm8k, arithmetic, reasoning_gym, humaneval)."""
-    return service.to_out(service.create_set(session, body))
+    """Load a built-in source (gsm8k, arithmetic, reasoning_gym, humaneval) or an installed
+    verifiers environment's tasks (source verifiers, docs/problems.md)."""
+    read = service.read_first(body)  # before the session's first query: no transaction waits on it
+    return service.to_out(service.create_set(session, body, read=read))
 
 
 @router.post(

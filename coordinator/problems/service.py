@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from coordinator.errors import BadRequest, Conflict, FlywheelError, NotFound, ValidationFailed
 from coordinator.problems import repository
 from coordinator.problems.models import ProblemSet
-from coordinator.problems.sources import builtin, code_files, local_dataset
+from coordinator.problems.sources import builtin, code_files, environments, local_dataset
 from shared.protocol import ProblemIn, ProblemSetCreate, ProblemSetOut, VerifierSpec
 
 MAX_LINE_ERRORS = 20
@@ -30,6 +30,8 @@ def verifier_spec(problem: ProblemIn) -> VerifierSpec:
         entry = problem.metadata.get("entry") or {"answer": problem.answer, "metadata": problem.metadata}
         config = {"dataset": _rg_dataset(problem), "entry": entry}
         return VerifierSpec(kind="reasoning_gym", gold=problem.answer, config=config)
+    if problem.verifier == "verifiers":
+        return VerifierSpec(kind="verifiers", config=_environment_record(problem))
     record = problem.metadata.get("record")
     if record is not None:
         return _record_spec(problem, record)
@@ -54,10 +56,24 @@ def check_problem(problem: ProblemIn) -> None:
     every bad line is reported at once (a HumanEval record is checked when its spec is built)."""
     if problem.verifier == "reasoning_gym":
         _rg_dataset(problem)
+    elif problem.verifier == "verifiers":
+        _environment_record(problem)
     elif problem.verifier == "code" and problem.metadata.get("record") is None:
         _code_config(problem)
     elif problem.verifier == "code" and problem.metadata.get("source") == "mbpp":
         _mbpp_task(problem)
+
+
+def _environment_record(problem: ProblemIn) -> dict[str, Any]:
+    """A verifiers problem's hidden record: the environment, its arguments and the task row."""
+    from verifier.environments import config_error
+
+    record = problem.metadata.get("record")
+    error = config_error(record) if isinstance(record, dict) else "verifiers problems need metadata.record"
+    if error is not None:
+        raise ValidationFailed(f"problem {problem.id!r}: {error}")
+    assert isinstance(record, dict)
+    return record
 
 
 def _mbpp_task(problem: ProblemIn) -> None:
@@ -168,6 +184,28 @@ def parse_code_jsonl(lines: Iterable[str | bytes], options: dict[str, Any]) -> I
     )
 
 
+def environment_problems(request: ProblemSetCreate) -> list[ProblemIn]:
+    """A verifiers environment's tasks, listed in the verifier sandbox and checked, before any
+    transaction (loading an environment takes seconds)."""
+    from verifier.environments import tasks
+    from verifier.errors import SpecError
+
+    options = environments.EnvironmentOptions.parse(request.options)
+    split = environments.split_of(request.split)
+    try:
+        rows = tasks(options.environment, options.args, split, request.limit)
+    except SpecError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    reader = environments.TaskReader(options, split)
+    return list(collect(enumerate(rows), reader.problem, "row", f"environment {options.environment!r}"))
+
+
+def read_first(request: ProblemSetCreate) -> list[ProblemIn] | None:
+    """The problems of a source that is read before the import's transaction, from the request
+    alone (verifiers); None for the others."""
+    return environment_problems(request) if request.source == "verifiers" else None
+
+
 def dataset_problems(request: ProblemSetCreate, data_file: Path) -> list[ProblemIn]:
     """A dataset source's file read and checked whole, before any transaction: reading takes
     seconds (importing `datasets`, preparing the file), and no write lock should wait on it."""
@@ -189,6 +227,8 @@ def _source_rows(
         if lines is None:
             raise BadRequest("a code problem set needs a file")
         return parse_code_jsonl(lines, request.options)
+    if request.source == "verifiers":
+        return iter(read if read is not None else environment_problems(request))
     if request.source == "dataset":
         if read is None:
             raise BadRequest(
