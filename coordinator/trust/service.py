@@ -308,7 +308,9 @@ def _failed(
     record.trust = 0
     record.quarantined = True
     workers.clear_credit(session, trace.worker_id)
-    crossed = evidence.failure(weighed, threshold) if weighed is not None and weighed.crossed else {}
+    # Evidence weighed this validation only if it crossed, or if it is a re-check after a quarantine
+    # by evidence: either way the quarantine stays one by evidence (later re-checks weigh theirs).
+    crossed = evidence.failure(weighed, threshold) if weighed is not None else {}
     record.last_failure = {"trace_id": str(trace.id), **outcome.details(), **crossed}
     workers.set_banned(session, trace.worker_id, True)
     return repository.taint(session, trace.worker_id, record.vouched_until, trace.id)
