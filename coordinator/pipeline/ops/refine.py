@@ -32,6 +32,9 @@ from coordinator.pipeline.ops.selection import (
     lengths,
     replace_completion,
 )
+from ml.continuation import continue_rows, seed_of
+from ml.loading import stop_token_ids
+from ml.prompts import encode_text, prompt_ids
 from shared.pipeline_types import Condense, LossRewrite, ShortestVerified
 from shared.protocol import SamplingParams
 
@@ -143,19 +146,13 @@ class Sampler:
 
     @classmethod
     def of(cls, scored: ScoredModel) -> Sampler:
-        from ml.loading import stop_token_ids
-
         generation = getattr(scored.model, "generation_config", None)
         return cls(scored, frozenset(stop_token_ids(scored.tokenizer, generation)))
 
     def ids(self, text: str) -> list[int]:
-        from ml.prompts import encode_text
-
         return encode_text(self.scored.tokenizer, text)
 
     def prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        from ml.prompts import prompt_ids
-
         return prompt_ids(self.scored.tokenizer, messages)
 
     def text(self, ids: Sequence[int]) -> str:
@@ -168,8 +165,6 @@ class Sampler:
         seeds: Sequence[int],
         sampling: SamplingParams,
     ) -> list[str]:
-        from ml.continuation import continue_rows
-
         rows = continue_rows(
             self.scored.model, contexts, offsets, seeds, sampling, self.stops, self.scored.pad_id
         )
@@ -228,16 +223,15 @@ class _Rewriter:
         decode = self.student.tokenizer.decode
         prefix, suffix = str(decode(body[:start])), str(decode(body[end:]))
         messages = [{"role": m["role"], "content": m["content"]} for m in c.record["messages"][:-1]]
-        context = self.sampler.prompt(messages) + self.sampler.ids(prefix)
-        n, offset = self.step.samples, len(self.sampler.ids(prefix))
+        # The student's own tokens when it samples itself; another tokenizer reads the prefix's text.
+        head = body[:start] if self.sampler.scored is self.student else self.sampler.ids(prefix)
+        context, n, offset = self.sampler.prompt(messages) + head, self.step.samples, len(head)
         span_mode = self.step.mode == "span"
         sampling = (
             self.step.sampling.model_copy(update={"max_tokens": self.step.span_tokens})
             if span_mode
             else self.step.sampling
         )
-        from ml.continuation import seed_of
-
         seeds = [seed_of(self.step.seed, c.record["id"], start, k) for k in range(n)]
         written = self.sampler.write([context] * n, [offset] * n, seeds, sampling)
         texts = sorted(
@@ -305,8 +299,6 @@ class _Condenser:
         ]
         todo = [(c, p) for c, p in zip(chunk, parts, strict=True) if p is not None and p[0]]
         contexts = [self.writer.prompt([{"role": "user", "content": self._prompt(c, p[0])}]) for c, p in todo]
-        from ml.continuation import seed_of
-
         seeds = [seed_of(self.step.seed, c.record["id"]) for c, _ in todo]
         written = iter(
             self.writer.write(contexts, [0] * len(todo), seeds, self.step.sampling) if todo else []
