@@ -5,6 +5,7 @@ tests never reach a worker or a dump."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from coordinator.config import Settings
@@ -110,7 +112,8 @@ def _campaign(api: Api, set_name: str) -> dict[str, Any]:
 
 def _judged(api: Api, set_name: str, right: str, wrong: str) -> tuple[list[dict[str, Any]], str]:
     """Lease both samples of the set's one problem, answer one right and one wrong, and return the
-    dump (accepted and rejected) and every job's spec as text."""
+    dump's rows (accepted and rejected) and, as text, the JSONL and Parquet dumps, the dataset card
+    and every job sent to the worker."""
     campaign = _campaign(api, set_name)
     worker = api.volunteer(f"w-{set_name}")
     jobs = api.client.post("/v1/leases", json={"max_jobs": 2}, headers=worker).json()["jobs"]
@@ -119,22 +122,27 @@ def _judged(api: Api, set_name: str, right: str, wrong: str) -> tuple[list[dict[
     r = api.client.post("/v1/results", json={"results": traces}, headers=worker)
     assert r.status_code == 200, r.text
     api.drain()
+    export = f"/v1/datasets/{campaign['id']}/export"
     params = {"status": ["accepted", "rejected"]}
-    r = api.client.get(f"/v1/datasets/{campaign['id']}/export", params=params, headers=api.researcher)
+    r = api.client.get(export, params=params, headers=api.researcher)
     assert r.status_code == 200, r.text
-    return [json.loads(line) for line in r.text.splitlines()], json.dumps(jobs)
+    rows = [json.loads(line) for line in r.text.splitlines()]
+    r = api.client.get(export, params={**params, "format": "parquet"}, headers=api.researcher)
+    parquet = json.dumps(pq.read_table(io.BytesIO(r.content)).to_pylist(), default=str)
+    card = api.client.get(f"/v1/datasets/{campaign['id']}/card", headers=api.researcher).text
+    return rows, "\n".join([json.dumps(rows), parquet, card, json.dumps(jobs)])
 
 
 def test_a_right_and_a_wrong_solution_are_judged_by_the_sandbox_and_tests_stay_hidden(api: Api) -> None:
     assert _import(api, "apps", "apps", [APPS_ROW]).status_code == 201
     assert _import(api, "mbpp", "mbpp", [MBPP_ROW]).status_code == 201
     for set_name, right, wrong in (("apps", STDIO_RIGHT, STDIO_WRONG), ("mbpp", MBPP_RIGHT, MBPP_WRONG)):
-        rows, jobs = _judged(api, set_name, right, wrong)
+        rows, seen = _judged(api, set_name, right, wrong)
         by_text = {row["completion"]: row for row in rows}
         assert by_text[right]["status"] == "accepted" and by_text[right]["score"] == 1.0
         assert by_text[wrong]["status"] == "rejected" and by_text[wrong]["score"] == 0.0
-        for text in (json.dumps(rows), jobs):
-            assert "1111111110" not in text and "77777" not in text and "(14,)" not in text
+        for secret in ("1111111110", "77777", "(14,)", "test_list"):
+            assert secret not in seen, f"{secret!r} leaked"
 
 
 def test_a_bad_row_is_named_by_line_and_field_and_nothing_is_imported(api: Api) -> None:
