@@ -132,3 +132,19 @@ def test_every_result_refused_for_its_content_is_counted(
     with _submitter(coordinator.url, spool, []) as submitter:
         submitter.flush()
     assert submitter.stats.refused == 2 and submitter.stats.accepted == 2 and len(spool) == 0
+
+
+def test_a_refused_token_stops_the_submitter_through_on_fatal_and_keeps_the_results(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    """401: retrying cannot fix it. The daemon hears of it (on_fatal) and every result stays spooled."""
+    spool = Spool(tmp_path)
+    spool.put_many(_results(coordinator, ["a", "b"]))
+    coordinator.fail_next(SUBMIT, error_reply(401, "unauthorized", "unknown token"))
+    fatal: list[WorkerError] = []
+    with _submitter(coordinator.url, spool, fatal) as submitter:
+        submitter.start()
+        wait_for(lambda: fatal, 60, lambda: f"no fatal error yet; {submitter.stats}")
+        submitter.close(timeout=30)
+    assert [type(e).__name__ for e in fatal] == ["AuthError"]
+    assert len(spool) == 2 and coordinator.stored == {}
