@@ -22,6 +22,7 @@ from shared.protocol import (
     RegisterRequest,
     Routes,
 )
+from tests.waiting import wait_for
 from worker.client import RESPONSE_LIMIT, CoordinatorClient, parse_retry_after
 from worker.config import RetryPolicy
 from worker.errors import (
@@ -150,11 +151,17 @@ def test_stop_event_cuts_the_backoff_short(coordinator: FakeCoordinator) -> None
     coordinator.fail_next(LEASE, *[error_reply(503, "unavailable")] * 10)
     stop = threading.Event()
     patient = RetryPolicy(attempts=10, base_delay_s=30, max_delay_s=60)
-    threading.Timer(0.3, stop.set).start()
+
+    def stop_in_the_backoff() -> None:  # after the first answer, whenever it came
+        wait_for(lambda: coordinator.count(LEASE) >= 1, 60, lambda: f"requests: {coordinator.requests}")
+        stop.set()
+
+    threading.Thread(target=stop_in_the_backoff, daemon=True).start()
     started = time.monotonic()
     with client_for(coordinator, retry=patient, stop=stop) as client, pytest.raises(TransientError):
         client.lease(LeaseRequest())
-    assert time.monotonic() - started < 5
+    # The first backoff sleeps at least half its ceiling: returning sooner means the stop cut it.
+    assert time.monotonic() - started < patient.base_delay_s / 2
     assert coordinator.count(LEASE) == 1
 
 

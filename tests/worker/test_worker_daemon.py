@@ -17,6 +17,7 @@ from conftest import make_job
 from worker_fakes import FakeCoordinator, error_reply
 
 from shared.protocol import API_PREFIX, Routes, TraceSubmission
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -41,15 +42,6 @@ def start(cmd: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-def wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def spooled(spool: Path) -> list[Path]:
@@ -84,7 +76,7 @@ def test_sigterm_keeps_unacknowledged_results_and_restart_resubmits(
     coordinator.submit_status = 503  # the coordinator is down for submissions: nothing gets acked
     proc = start(worker_cmd(coordinator, tiny_model, tmp_path, "--exit-when-idle", "120"))
     try:
-        assert wait_for(lambda: len(spooled(tmp_path)) == 2, timeout=180), "results never reached the spool"
+        wait_for(lambda: len(spooled(tmp_path)) == 2, 180, lambda: f"spooled: {spooled(tmp_path)}")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -198,17 +190,19 @@ def daemon_state(state: Path) -> object:
 def test_pause_and_resume_a_running_daemon(
     coordinator: FakeCoordinator, tiny_model: str, tmp_path: Path
 ) -> None:
-    # Enough work that the daemon cannot finish everything before the pause signal lands.
-    jobs = [make_job(tiny_model, seed=i, max_tokens=48) for i in range(60)]
+    # Enough jobs that the daemon cannot finish them all before the pause signal lands; short ones,
+    # so the run after the resume takes little time on a busy machine.
+    jobs = [make_job(tiny_model, seed=i, max_tokens=8) for i in range(60)]
     coordinator.queue.extend(jobs)
     state = tmp_path / "state"
     extra = ("--state-dir", str(state), "--batch-size", "2", "--max-leases", "4", "--exit-when-idle", "1")
     proc = start(worker_cmd(coordinator, tiny_model, tmp_path / "spool", *extra))
     try:
-        assert wait_for(lambda: len(coordinator.stored) >= 2, timeout=180), "no result before the pause"
+        wait_for(lambda: len(coordinator.stored) >= 2, 180, lambda: f"{len(coordinator.stored)} stored")
         proc.send_signal(signal.SIGUSR1)  # pause by signal alone
-        assert wait_for(lambda: daemon_state(state) == "paused", timeout=30)
-        assert wait_for(lambda: not coordinator.outstanding, timeout=30)  # leases given back or acked
+        wait_for(lambda: daemon_state(state) == "paused", 120, lambda: f"status {status_json(state)}")
+        # leases given back or acked
+        wait_for(lambda: not coordinator.outstanding, 120, lambda: f"outstanding {coordinator.outstanding}")
         assert status_json(state)["paused"] is True and coordinator.released
         done = len(coordinator.stored)
         time.sleep(1.5)
@@ -217,7 +211,11 @@ def test_pause_and_resume_a_running_daemon(
         assert shown.returncode == 0 and "PAUSED" in shown.stdout and "paused" in shown.stdout
         resumed = flywheel("resume", "--state-dir", str(state))
         assert resumed.returncode == 0 and f"pid {proc.pid}" in resumed.stdout
-        _, stderr = proc.communicate(timeout=240)
+        try:  # communicate, not a poll: it drains the daemon's output, which would otherwise fill the pipe
+            _, stderr = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            left = f"{len(coordinator.stored)} of {len(jobs)} stored, status {status_json(state)}"
+            raise AssertionError(f"the resumed daemon did not finish: {left}") from exc
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -236,9 +234,7 @@ def test_pause_before_start_keeps_the_daemon_paused(
     assert paused.returncode == 0 and "will start paused" in paused.stdout
     proc = start(worker_cmd(coordinator, tiny_model, tmp_path / "spool", "--state-dir", str(state)))
     try:
-        assert wait_for(
-            lambda: (status_json(state).get("status") or {}).get("status") == "paused", timeout=180
-        )
+        wait_for(lambda: daemon_state(state) == "paused", 180, lambda: f"status {status_json(state)}")
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     finally:

@@ -100,10 +100,15 @@ def test_stop_abandons_the_batch_and_exits(coordinator: FakeCoordinator, tmp_pat
     coordinator.queue.extend(make_job(MODEL, seed=i) for i in range(4))
     engine = EchoEngine(delay_s=30)
     worker = make_worker(coordinator, tmp_path, engine, max_jobs=4, batch_size=2)
-    threading.Timer(0.5, worker.stop.set).start()
+
+    def stop_mid_batch() -> None:  # once the batch runs, however long the machine took to start it
+        wait_for(lambda: engine.batches, 60, lambda: f"no batch started; status {worker.stats.status}")
+        worker.stop.set()
+
+    threading.Thread(target=stop_mid_batch, daemon=True).start()
     started = time.monotonic()
     assert worker.run() == 0
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < engine.delay_s  # the batch was abandoned, not waited out
     assert len(engine.batches) == 1 and coordinator.stored == {} and len(worker.spool) == 0
 
 
