@@ -53,7 +53,8 @@ def _record_spec(problem: ProblemIn, record: Any) -> VerifierSpec:
 
 def check_problem(problem: ProblemIn) -> None:
     """The checks of `verifier_spec` that need no sandbox, run while a file is parsed so that
-    every bad line is reported at once (a HumanEval record is checked when its spec is built)."""
+    every bad line is reported at once (a HumanEval record is checked when its spec is built, an
+    MBPP record here and again then)."""
     if problem.verifier == "reasoning_gym":
         _rg_dataset(problem)
     elif problem.verifier == "verifiers":
@@ -69,10 +70,11 @@ def _environment_record(problem: ProblemIn) -> dict[str, Any]:
     from verifier.environments import config_error
 
     record = problem.metadata.get("record")
-    error = config_error(record) if isinstance(record, dict) else "verifiers problems need metadata.record"
+    if not isinstance(record, dict):
+        raise ValidationFailed(f"problem {problem.id!r}: verifiers problems need metadata.record")
+    error = config_error(record)
     if error is not None:
         raise ValidationFailed(f"problem {problem.id!r}: {error}")
-    assert isinstance(record, dict)
     return record
 
 
@@ -225,7 +227,10 @@ def _source_rows(
         return parse_jsonl(lines)
     if request.source == "code":
         if lines is None:
-            raise BadRequest("a code problem set needs a file")
+            raise BadRequest(
+                "a code problem set is read from a file: POST it to /v1/problem-sets/import-code, "
+                "or use `flywheel coordinator problems code`"
+            )
         return parse_code_jsonl(lines, request.options)
     if request.source == "verifiers":
         return iter(read if read is not None else environment_problems(request))

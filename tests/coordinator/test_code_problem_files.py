@@ -161,6 +161,9 @@ def test_a_bad_row_is_named_by_line_and_field_and_nothing_is_imported(api: Api) 
         "line 1: no assert in test_list calls a function that 'code' defines (['similar_elements'])"
         in message
     )
+    body = {"name": "bad", "source": "code", "options": {"format": "apps"}}
+    r = api.client.post("/v1/problem-sets", json=body, headers=api.operator)
+    assert r.status_code == 400 and "/v1/problem-sets/import-code" in r.text, r.text
     r = _import(api, "bad", "leetcode", [APPS_ROW])
     assert r.status_code == 422 and "format" in r.json()["error"]["message"], r.text
     assert api.client.get("/v1/problem-sets", headers=api.operator).json() == []
