@@ -100,6 +100,11 @@ def test_multi_turn_environments_and_bad_options_are_refused(api: Api, in_sandbo
     r = _import(api, "chat", "vf-tiny-chat")
     assert r.status_code == 422, r.text
     assert "EchoEnv is not a SingleTurnEnv: multi-turn and tool environments are not supported" in r.text
+    r = _import(api, "shots", "vf-tiny", args={"few_shot": True, "eval_size": 2})
+    assert r.status_code == 422, r.text
+    roles = ["user", "assistant", "user"]
+    error = f"prompt: needs one user message after the system one, not {roles} (few-shot)"
+    assert r.json()["error"]["details"] == [{"row": 0, "error": error}, {"row": 1, "error": error}]
     r = _import(api, "tiny", "vf-tiny", arguments={})
     assert r.status_code == 422 and "bad verifiers options: arguments" in r.text, r.text
     body = {"name": "tiny", "source": "verifiers", "split": "dev", "options": {"environment": "vf-tiny"}}

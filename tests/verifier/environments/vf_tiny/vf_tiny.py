@@ -43,8 +43,15 @@ def evaluated(completion: Any, answer: str, parser: vf.Parser, **kwargs: Any) ->
     return 1.0 if parsed is not None and str(eval(parsed)) == answer else 0.0
 
 
+FEW_SHOT = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "\\boxed{2}"}]
+
+
 def load_environment(
-    train_size: int = 6, eval_size: int = 3, format_weight: float = 0.2, evaluate: bool = False
+    train_size: int = 6,
+    eval_size: int = 3,
+    format_weight: float = 0.2,
+    evaluate: bool = False,
+    few_shot: bool = False,
 ) -> vf.Environment:
     parser = vf.Parser(extract_fn=_boxed)
     funcs, weights = [correct_answer, boxed_format], [1.0, format_weight]
@@ -55,6 +62,7 @@ def load_environment(
         dataset=_rows(0, train_size),
         eval_dataset=_rows(100, eval_size),
         system_prompt=SYSTEM,
+        few_shot=FEW_SHOT if few_shot else None,
         parser=parser,
         rubric=rubric,
     )
