@@ -14,6 +14,9 @@ falsely flagged, the largest tolerance any trace needed and the headroom the pol
 validation time next to generation time for the same traces. GPU traces are made with the device
 tool and checked here, and the other way round (docs/trust.md).
 
+`calibrate` and `workers` (bench/trust_workers.py) store honest calibrations of the per-worker
+evidence in a coordinator, and simulate honest and cheating workers under it.
+
 `attack` starts `flywheel coordinator serve` (SQLite, in-process tasks, every trace validated:
 FLYWHEEL_VALIDATION_FLOOR=1), registers honest and cheating volunteers over HTTP, and lets each
 lease jobs, generate on the CPU with the tiny model, forge its traces and submit. When every
