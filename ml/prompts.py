@@ -32,5 +32,8 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[in
 
 
 def decode_completion(tokenizer: Any, token_ids: Sequence[int], stops: set[int] | frozenset[int]) -> str:
+    """The completion's text: its ids decoded without the stop token that ended it, with every NUL
+    (U+0000, a byte-level token a model may emit) as U+FFFD. No database stores NUL in text; the ids
+    keep the exact output, and every side decodes with this one rule."""
     body = list(token_ids[:-1] if token_ids and token_ids[-1] in stops else token_ids)
-    return str(tokenizer.decode(body, skip_special_tokens=True))
+    return str(tokenizer.decode(body, skip_special_tokens=True)).replace("\x00", "\ufffd")

@@ -25,6 +25,9 @@ from shared.protocol import MAX_BATCH, MAX_NAME
 from worker.errors import ConfigError
 from worker.schedule import Schedule
 
+# The most jobs one engine batch may hold. Lease, release and result requests stay within the
+# wire's MAX_BATCH each; an engine that schedules its own memory (vLLM) runs more at once than that.
+MAX_ENGINE_BATCH = 2048
 ENV_PREFIX = "FLYWHEEL_WORKER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 EngineName = Literal["transformers", "vllm", "openai"]
@@ -79,7 +82,7 @@ class WorkerConfig(BaseModel):
     choose_model: bool = False
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | Literal["auto"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=MAX_ENGINE_BATCH)] | Literal["auto"] = "auto"
     max_leases: int | None = Field(default=None, ge=1, le=100_000)
     max_jobs: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     spool: Path | None = None

@@ -54,7 +54,7 @@ def plan_sizes(config: WorkerConfig, engine: Engine) -> Sizes:
     if fixed is not None:
         ceiling = fixed
     elif config.max_leases is not None:
-        ceiling = max(1, min(MAX_BATCH, config.max_leases // 2))
+        ceiling = max(1, min(max(MAX_BATCH, engine.default_batch), config.max_leases // 2))
     else:
         ceiling = engine.default_batch
     max_leases = config.max_leases or max(2 * ceiling, config.max_jobs or 0)

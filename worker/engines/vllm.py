@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml.loading import stop_token_ids
+from ml.prompts import decode_completion
 from ml.sampling import raw_logprobs, sample_rows
 from shared import vllm_gumbel
 from shared.assets import resolve_model
 from shared.budget import SAMPLE, BudgetState, BudgetTokens, Step
 from shared.protocol import (
-    MAX_BATCH,
     NOISE_VLLM_GUMBEL,
     BudgetForcing,
     EngineInfo,
@@ -47,13 +47,16 @@ from shared.protocol import (
     NoiseScheme,
     SamplingParams,
 )
+from worker.config import MAX_ENGINE_BATCH
 from worker.engines.base import Generation, ShouldStop, package_version
 from worker.engines.prompt import BudgetTokenizer, prompt_token_ids
 from worker.errors import EngineError
 
 log = logging.getLogger("flywheel.worker.engine")
 EXTRA_KEY = "flywheel_sampling"
-DEFAULT_BATCH = MAX_BATCH  # vLLM schedules its own memory: hand it as many jobs as may be leased
+# vLLM schedules its own memory and queues what does not fit: hand it many jobs at once, so its
+# scheduler keeps the GPU full while the previous batch's results are submitted.
+DEFAULT_BATCH = MAX_ENGINE_BATCH // 2
 # vLLM releases (major, minor) whose Model Runner V2 Gumbel sampler shared/vllm_gumbel.py reproduces
 # (read from the release's vllm/v1/worker/gpu/sample/gumbel.py and its Triton Philox).
 NATIVE_RELEASES = frozenset({(0, 26)})
@@ -320,7 +323,7 @@ class VllmEngine:
             torch.cuda.empty_cache()
 
     def max_batch(self, jobs: Sequence[JobSpec]) -> int:
-        return MAX_BATCH  # vLLM pages its KV cache within --gpu-memory-fraction and queues the rest
+        return DEFAULT_BATCH  # vLLM pages its KV cache within --gpu-memory-fraction and queues the rest
 
     def unsupported(self, job: JobSpec) -> str | None:
         if self.noise is not None and job.budget is not None:
@@ -392,7 +395,8 @@ class VllmEngine:
         completion = output.outputs[0]
         reason = FinishReason.length if completion.finish_reason == "length" else FinishReason.stop
         return Generation(
-            text=completion.text,
+            # the text the validator decodes from the ids (ml/prompts.py), not vLLM's detokenizer's
+            text=decode_completion(self.tokenizer, token_ids, self.stops),
             completion_token_ids=token_ids,
             logprobs=logprobs,
             finish_reason=reason,
