@@ -192,7 +192,7 @@ def test_pause_and_resume_a_running_daemon(
 ) -> None:
     # Enough jobs that the daemon cannot finish them all before the pause signal lands; short ones,
     # so the run after the resume takes little time on a busy machine.
-    jobs = [make_job(tiny_model, seed=i, max_tokens=8) for i in range(60)]
+    jobs = [make_job(tiny_model, seed=i, max_tokens=8) for i in range(20)]
     coordinator.queue.extend(jobs)
     state = tmp_path / "state"
     extra = ("--state-dir", str(state), "--batch-size", "2", "--max-leases", "4", "--exit-when-idle", "1")
@@ -212,7 +212,7 @@ def test_pause_and_resume_a_running_daemon(
         resumed = flywheel("resume", "--state-dir", str(state))
         assert resumed.returncode == 0 and f"pid {proc.pid}" in resumed.stdout
         try:  # communicate, not a poll: it drains the daemon's output, which would otherwise fill the pipe
-            _, stderr = proc.communicate(timeout=600)
+            _, stderr = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired as exc:
             left = f"{len(coordinator.stored)} of {len(jobs)} stored, status {status_json(state)}"
             raise AssertionError(f"the resumed daemon did not finish: {left}") from exc
