@@ -264,15 +264,73 @@ def run_bare_engine(
     cfg: Config, model: Path, specs: list[Any], batch: int
 ) -> tuple[list[tuple[int, float, list[Any]]], dict[str, float]]:
     """Two passes over the same jobs: the first starts as cold as the daemon did, the second
-    runs warm; the daemon is compared with the faster of the two. Then where a decode step's
-    time goes."""
+    runs warm; the daemon is compared with the faster of the two. Then, on the same jobs: the
+    plain decode loop (where the static decoder ran), where a plain-loop step's time goes,
+    plain `transformers` generate, and the bandwidth bound."""
     from worker.engines.hf import TransformersEngine
 
     engine = TransformersEngine.load(str(model), device=cfg.device)
+    print(
+        f"bare engine decoder: {'static cache + CUDA graphs' if engine.decoder else 'plain loop'}", flush=True
+    )
     passes = [bare_pass(engine, specs, batch) for _ in range(2)]
-    split = step_breakdown(engine, specs[:batch])
+    extra: dict[str, float] = {}
+    if engine.decoder is not None:  # the plain loop on the same jobs, for the ratio
+        engine.decoder = None
+        tokens, busy, _ = bare_pass(engine, specs, batch)
+        extra["plain_loop_tokens_per_s"] = round(tokens / busy, 1)
+    extra.update(step_breakdown(engine, specs[:batch]))
+    extra["hf_generate_tokens_per_s"] = round(hf_generate(engine, specs, batch), 1)
+    extra.update(bandwidth_bound(engine, specs, batch, cfg.device))
     engine.close()
-    return passes, split
+    return passes, extra
+
+
+def hf_generate(engine: Any, specs: list[Any], batch: int) -> float:
+    """Plain `transformers` `model.generate` (its own sampler, not a verifiable one) on the same
+    prompts in batches of the same size: completion tokens per second."""
+    import torch
+
+    model = engine.model
+    tokens = 0
+    busy = 0.0
+    for start in range(0, len(specs), batch):
+        chunk = specs[start : start + batch]
+        prompts = [engine._prompt(spec) for spec in chunk]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[engine.pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                max_new_tokens=chunk[0].sampling.max_tokens, pad_token_id=engine.pad_id,
+            )  # fmt: skip
+        if engine.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        busy += time.perf_counter() - began
+        tokens += int((out[:, width:] != engine.pad_id).sum())
+    return tokens / busy
+
+
+# Peak memory bandwidth by GPU (vendor datasheets), for the bound; other GPUs: --bandwidth-tbs.
+BANDWIDTH_TBS = {"H200": 4.8, "H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "A100-SXM4-80GB": 2.039}
+
+
+def bandwidth_bound(engine: Any, specs: list[Any], batch: int, device: str) -> dict[str, float]:
+    """Decode tokens/s if every step only had to read the weights once and each row's KV cache at
+    the batch's average length, at the GPU's peak bandwidth: the ceiling no engine passes."""
+    name = gpu_name(device)
+    tbs = next((v for k, v in BANDWIDTH_TBS.items() if k in name), None)
+    if tbs is None:
+        return {}
+    weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    shape = engine.shape
+    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * shape.dtype_bytes
+    prompt = sum(len(engine._prompt(s)) for s in specs[:batch]) / max(1, min(batch, len(specs)))
+    context = prompt + specs[0].sampling.max_tokens / 2
+    step_bytes = weights + batch * context * per_token
+    return {"bandwidth_tbs": tbs, "bound_tokens_per_s": round(batch * tbs * 1e12 / step_bytes, 1)}
 
 
 def step_breakdown(engine: Any, specs: list[Any], steps: int = 16) -> dict[str, float]:
@@ -355,6 +413,11 @@ def report(
         f"{result['ratio_warm']:.3f} warm",
         flush=True,
     )
+    for key in ("plain_loop_tokens_per_s", "hf_generate_tokens_per_s", "bound_tokens_per_s"):
+        if result.get(key):
+            print(
+                f"  bare engine (warm) / {key.removesuffix('_tokens_per_s')}: {rates[-1] / result[key]:.3f}"
+            )
     return result
 
 

@@ -72,3 +72,44 @@ def test_budget_forcing_on_cuda_rederives_from_one_prefill(tiny_model: str) -> N
     ]
     for job, generation in zip(jobs, engine.generate(jobs), strict=True):
         rederive(engine, job, generation)
+
+
+def test_the_fused_sampler_kernel_matches_the_cpu_reference_bit_for_bit() -> None:
+    """The compiled kernel (no FMA contraction) against shared/sampling.py on the CPU, on a real
+    vocabulary's width in bfloat16: the same token in every row at every position."""
+    from ml.fused_sampler import RowParams, sample_into
+    from shared.protocol import SamplingParams
+    from shared.sampling import sample_step
+
+    rows, vocab = 64, 151_936
+    torch.manual_seed(0)
+    logits = (torch.randn(rows, vocab, device="cuda") * 4).to(torch.bfloat16)
+    seeds = [7_000 + 13 * i + (i % 3) * 2**40 for i in range(rows)]
+    indices = [i % 8 for i in range(rows)]
+    temps = [[1.0, 0.7, 0.0, 1.3][i % 4] for i in range(rows)]
+    params = RowParams("cuda", seeds, indices, temps)
+    sampling = [SamplingParams(temperature=t) for t in temps]
+    for position in (0, 255, 2**32 + 3):
+        tokens = torch.empty(rows, dtype=torch.int64, device="cuda")
+        logprobs = torch.empty(rows, dtype=torch.float64, device="cuda")
+        sample_into(logits, params, torch.tensor([position], device="cuda"), tokens, logprobs)
+        want, want_lp = sample_step(torch, logits.cpu(), seeds, indices, [position] * rows, sampling)
+        assert tokens.cpu().tolist() == want.tolist()
+        assert (logprobs.cpu() - want_lp).abs().max().item() < 1e-9
+
+
+def test_graph_captured_static_decoding_draws_the_plain_loops_tokens(tiny_model: str) -> None:
+    engine = TransformersEngine.load(tiny_model, device="cuda", dtype="float32")
+    assert engine.decoder is not None and engine.decoder.graphs
+    specs = [
+        make_job(tiny_model, seed=50 + i, sample_index=i % 4, prompt=PROBLEMS[i % len(PROBLEMS)],
+                 temperature=[1.0, 0.0, 0.7][i % 3], max_tokens=[8, 40, 64][i % 3])
+        for i in range(40)
+    ]  # fmt: skip
+    static = engine.generate(specs)
+    again = engine.generate(specs)  # a replay of the captured graph, on fresh prompts' state
+    engine.decoder = None
+    reference = engine.generate(specs)
+    for got, second, want in zip(static, again, reference, strict=True):
+        assert got.completion_token_ids == want.completion_token_ids == second.completion_token_ids
+        assert got.finish_reason == want.finish_reason

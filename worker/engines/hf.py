@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml import fused_sampler
+from ml.decode import Batch, StaticDecoder, supports
 from ml.devices import pick_device
 from ml.errors import DeviceUnavailable, WeightsMisfit
 from ml.loading import load_model, load_tokenizer, load_weights, stop_token_ids
@@ -98,6 +100,24 @@ class RowShape:
         return int(CACHE_SLACK * kv) + sampler + 4 * self.vocab + prefill
 
 
+def plain(job: JobSpec) -> bool:
+    """Whether the static decoder's fused sampler covers the job: no top-k, no top-p, no budget."""
+    sampling = job.sampling
+    return job.budget is None and sampling.top_k == 0 and sampling.top_p >= 1.0
+
+
+def static_decoder(model: Any, device: str) -> StaticDecoder | None:
+    """The static-cache, graph-captured decoder for this model on a CUDA device where Triton is
+    installed and the architecture is one it implements; None keeps the plain loop."""
+    if not device.startswith("cuda") or not fused_sampler.available():
+        return None
+    why = supports(model)
+    if why is not None:
+        log.info("decoding with the plain loop: %s", why)
+        return None
+    return StaticDecoder(model)
+
+
 def rows_that_fit(available_bytes: int, row_bytes: int, ceiling: int = MAX_BATCH) -> int:
     """Rows of `row_bytes` within the safe part of `available_bytes`: at least 1, at most `ceiling`."""
     if row_bytes <= 0:
@@ -129,6 +149,7 @@ class TransformersEngine:
         self.info = EngineInfo(
             name="transformers", version=package_version("transformers"), dtype=dtype, device=device[:64]
         )
+        self.decoder = static_decoder(model, device)
 
     @classmethod
     def load(
@@ -226,7 +247,10 @@ class TransformersEngine:
         started = time.perf_counter()
         rows = [self._row(job) for job in jobs]
         with torch.inference_mode():
-            finished = self._decode(rows, should_stop)
+            if self.decoder is not None and all(plain(job) for job in jobs):
+                finished = self._decode_static(self.decoder, rows, should_stop)
+            else:
+                finished = self._decode(rows, should_stop)
         if not finished:
             return []
         elapsed = time.perf_counter() - started
@@ -294,6 +318,28 @@ class TransformersEngine:
                 next_pos[index.to(device)],
             )
         return logits, cache, mask, next_pos
+
+    def _decode_static(
+        self, decoder: StaticDecoder, rows: list[_Row], should_stop: ShouldStop | None
+    ) -> bool:
+        """The batch on the static-cache decoder (ml/decode.py): same tokens, one graph per step."""
+        jobs = [row.job for row in rows]
+        batch = Batch(
+            prompts=[row.prompt for row in rows],
+            seeds=[job.sampling.seed for job in jobs],
+            sample_indices=[job.sample_index for job in jobs],
+            temperatures=[job.sampling.temperature for job in jobs],
+            limits=[row.limit for row in rows],
+            stops=frozenset(self.stops),
+        )
+        decoded = decoder.decode(batch, should_stop)
+        if decoded is None:
+            return False
+        for row, tokens, logprobs in zip(rows, decoded.tokens, decoded.logprobs, strict=True):
+            row.tokens, row.logprobs = tokens, logprobs
+            stopped = bool(tokens) and tokens[-1] in self.stops
+            row.finish = FinishReason.stop if stopped else FinishReason.length
+        return True
 
     def _decode(self, rows: list[_Row], should_stop: ShouldStop | None) -> bool:
         """Fill every row's tokens; False if `should_stop` fired first (the batch is abandoned)."""
