@@ -5,30 +5,38 @@ without new work arriving, and every refused result is counted."""
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from conftest import MODEL, make_job
 from worker_fakes import FakeCoordinator, Reply, error_reply
 
 from shared.protocol import (
     API_PREFIX,
+    Ack,
+    AckStatus,
     EngineInfo,
     FinishReason,
     HardwareInfo,
+    LeasedJob,
     Routes,
     SubmitRequest,
+    SubmitResponse,
     TraceSubmission,
 )
 from tests.waiting import wait_for
 from worker.client import CoordinatorClient
 from worker.config import RetryPolicy
+from worker.engines.base import Generation
 from worker.errors import WorkerError
 from worker.leases import LeaseBook
 from worker.progress import Stats
 from worker.spool import Spool
-from worker.submitter import Submitter
+from worker.submitter import Finished, Submitter
 
 SUBMIT = API_PREFIX + Routes.submit
 RETRY = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
@@ -148,3 +156,61 @@ def test_a_refused_token_stops_the_submitter_through_on_fatal_and_keeps_the_resu
         submitter.close(timeout=30)
     assert [type(e).__name__ for e in fatal] == ["AuthError"]
     assert len(spool) == 2 and coordinator.stored == {}
+
+
+def _finished(coordinator: FakeCoordinator, text: str) -> Finished:
+    job = LeasedJob(
+        lease_id=uuid.uuid4(), deadline=datetime.now(UTC) + timedelta(minutes=10), spec=make_job(MODEL)
+    )
+    coordinator.outstanding.add(job.lease_id)
+    return Finished(job, Generation(text, [1, 2], [-0.5, -0.25], FinishReason.stop, 3, 0.01), 0.0)
+
+
+def test_what_was_generated_reaches_the_spool_after_a_fatal_error(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    """Batch "b" is handed over while "a"'s submission is being refused (401): nothing more is sent,
+    but "b" is written to the spool, not lost with the stopping thread."""
+    spool = Spool(tmp_path)
+    handed_over = threading.Event()
+
+    def refuse_once_b_waits(request: SubmitRequest) -> Reply | None:
+        assert handed_over.wait(30)
+        return error_reply(401, "unauthorized", "unknown token")
+
+    coordinator.refuse_request = refuse_once_b_waits
+    fatal: list[WorkerError] = []
+    with _submitter(coordinator.url, spool, fatal) as submitter:
+        submitter.start()
+        submitter.put([_finished(coordinator, "a")])
+        wait_for(lambda: len(spool) == 1, 60, lambda: f"{len(spool)} spooled")  # "a" is being sent
+        submitter.put([_finished(coordinator, "b1"), _finished(coordinator, "b2")])
+        handed_over.set()
+        wait_for(lambda: fatal, 60, lambda: f"no fatal error yet; {submitter.stats}")
+        submitter.close(timeout=30)
+    assert sorted(r.text for r in spool.pending()) == ["a", "b1", "b2"] and coordinator.stored == {}
+
+
+def test_a_result_the_coordinator_did_not_ack_is_sent_again_without_new_work(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path)
+    spool.put_many(_results(coordinator, ["acked", "skipped"]))
+    skipped = {"left": 1}
+
+    def drop_one_ack(request: SubmitRequest) -> Reply | None:
+        if skipped["left"] and len(request.results) == 2:
+            skipped["left"] = 0
+            acked = [r for r in request.results if r.text == "acked"]
+            coordinator.outstanding.discard(acked[0].lease_id)
+            coordinator.stored[acked[0].attempt_id] = acked[0]
+            ack = Ack(lease_id=acked[0].lease_id, attempt_id=acked[0].attempt_id, status=AckStatus.accepted)
+            return Reply(200, SubmitResponse(acks=[ack]).model_dump(mode="json"))
+        return None
+
+    coordinator.refuse_request = drop_one_ack
+    with _submitter(coordinator.url, spool, []) as submitter:
+        submitter.start()
+        wait_for(lambda: len(spool) == 0, 60, lambda: f"spool {[r.text for r in spool.pending()]}")
+        submitter.close(timeout=30)
+    assert sorted(r.text for r in coordinator.stored.values()) == ["acked", "skipped"]
