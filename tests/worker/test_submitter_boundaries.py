@@ -214,3 +214,34 @@ def test_a_result_the_coordinator_did_not_ack_is_sent_again_without_new_work(
         wait_for(lambda: len(spool) == 0, 60, lambda: f"spool {[r.text for r in spool.pending()]}")
         submitter.close(timeout=30)
     assert sorted(r.text for r in coordinator.stored.values()) == ["acked", "skipped"]
+
+
+def test_a_submission_carries_what_the_engine_and_host_reported(
+    coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
+    """Down to the flags a validator and the credit read: an unverifiable trace must say so."""
+    spool = Spool(tmp_path)
+    job = LeasedJob(
+        lease_id=uuid.uuid4(), deadline=datetime.now(UTC) + timedelta(minutes=10), spec=make_job(MODEL)
+    )
+    coordinator.outstanding.add(job.lease_id)
+    generation = Generation("t", [1, 2], [-0.5, -0.25], FinishReason.length, 7, 0.25, verifiable=False)
+    hardware = HardwareInfo(cpu="test cpu", cpu_count=3)
+    with CoordinatorClient(coordinator.url, "secret-token", retry=RETRY, timeout_s=5) as client:
+        submitter = Submitter(
+            client, spool, LeaseBook(4), Stats(), (EngineInfo(name="transformers"), hardware), 0.05, print
+        )
+        submitter.start()
+        submitter.put([Finished(job, generation, -1.0)])  # a clock step made the wait negative
+        submitter.close(timeout=30)
+    [stored] = coordinator.stored.values()
+    assert (stored.verifiable, stored.finish_reason, stored.hardware) == (
+        False,
+        FinishReason.length,
+        hardware,
+    )
+    assert (stored.timings.prompt_tokens, stored.timings.generate_s, stored.timings.queued_s) == (
+        7,
+        0.25,
+        0.0,
+    )
