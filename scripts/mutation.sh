@@ -3,6 +3,9 @@
 #
 #   scripts/mutation.sh verifier/values.py tests/verifier/test_values.py tests/verifier/test_values_boundaries.py
 #
+# MUTATION_MUTANTS (space-separated mutmut names, `*` allowed, e.g. 'coordinator.app.x_add_middleware*')
+# limits the run to the mutants of those functions, for a module whose tests are slow.
+#
 # mutmut reads its settings from setup.cfg or pyproject.toml in the directory it runs in, and it
 # writes a mutants/ tree there. Both would collide with other work in this checkout, so the run happens
 # in a scratch copy of the working tree (tracked and untracked, ignored files left out) with its own
@@ -46,6 +49,7 @@ rm -rf "$scratch/mutants"
 
 cd "$scratch"
 # One child per core at low priority: the machine is shared.
-nice -n 10 python -m mutmut run --max-children "${MUTATION_CHILDREN:-2}"
+read -ra mutants <<<"${MUTATION_MUTANTS:-}"
+nice -n 10 python -m mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${mutants[@]}"
 python -m mutmut results | sed "s/^/survivor: /"
 python -m mutmut results --all true | awk '{print $NF}' | sort | uniq -c
