@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from shared.assets import TINY_MODEL_NAME
+from tests import waiting
 from tests.coordinator.conftest import Api
 
 FINISHED = {"done", "failed", "cancelled"}
@@ -109,28 +110,20 @@ def job(api: Api, job_id: str) -> dict[str, Any]:
 
 
 def wait_for(api: Api, job_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = job(api, job_id)
-        if body["status"] in statuses:
-            return body
-        assert body["status"] not in FINISHED, body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {statuses}: {job(api, job_id)}")
+    return wait_until(api, job_id, lambda body: body["status"] in statuses, timeout)
 
 
 def wait_until(
     api: Api, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 120
 ) -> dict[str, Any]:
     """Poll a job until `condition` holds (for jobs that keep polling, where the queue never drains)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def met() -> dict[str, Any] | None:
         body = job(api, job_id)
-        assert body["status"] not in FINISHED or condition(body), body
-        if condition(body):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never met the condition: {job(api, job_id)}")
+        assert body["status"] not in FINISHED or condition(body), body  # finished elsewhere: no wait
+        return body if condition(body) else None
+
+    return waiting.wait_for(met, timeout, lambda: f"job {job_id}: {job(api, job_id)}")
 
 
 def download(api: Api, sha256: str, headers: dict[str, str] | None = None) -> bytes:
