@@ -11,6 +11,7 @@ from coordinator.app import create_app
 from tests.coordinator.conftest import make_settings, serve
 
 PROXY = ("10.0.0.2", 40000)
+JSON = {"Content-Type": "application/json"}
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(database_url: str) -> None:
@@ -46,3 +47,15 @@ def test_without_an_auth_cache_a_token_spends_its_address_budget(database_url: s
         worker = api.volunteer()  # spends one request of the address's budget
         codes = [api.client.post("/v1/leases", json={}, headers=worker).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_a_body_exactly_at_the_limit_is_read_and_one_byte_more_refused(database_url: str) -> None:
+    limit = 2000
+    with serve(make_settings(database_url, max_request_bytes=limit)) as api:
+        head = b'{"name": "w", "engine": {"name": "transformers"}}'
+        at_limit = head + b" " * (limit - len(head))  # JSON allows trailing whitespace
+        sizes = {
+            n: api.client.post("/v1/workers/register", content=at_limit + b" " * n, headers=JSON).status_code
+            for n in (0, 1)
+        }
+    assert sizes == {0: 201, 1: 413}
