@@ -6,10 +6,12 @@ import io
 import time
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import create_engine, text
 
 from tests.integration.conftest import Cluster
+from tests.waiting import wait_for
 
 
 def _trace_rows(cluster: Cluster) -> list[tuple[str, str, str]]:
@@ -34,12 +36,17 @@ def test_campaign_completes_and_dumps(cluster: Cluster) -> None:
     url = f"{cluster.url}/v1/datasets/{campaign_id}/export?format=parquet"
     # A dump takes a trace only once its spot-check is passed or skipped; the spot-checks drawn for
     # these new workers run on the task workers after the campaign is done.
-    deadline = time.monotonic() + 120
-    while True:
-        table = pq.read_table(io.BytesIO(httpx.get(url, headers=researcher, timeout=60).content))
-        if table.num_rows >= p["accepted"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def dumped() -> pa.Table:
+        return pq.read_table(io.BytesIO(httpx.get(url, headers=researcher, timeout=60).content))
+
+    wait_for(
+        lambda: dumped().num_rows >= p["accepted"],
+        240,
+        lambda: f"{dumped().num_rows} of {p['accepted']} accepted traces in the dump",
+        poll_s=0.5,
+    )
+    table = dumped()  # a dump only grows: read once more after the wait
     assert table.num_rows == p["accepted"]
     assert set(table.column("passed").to_pylist()) == {True}
     for proc in cluster.workers:
@@ -49,10 +56,11 @@ def test_campaign_completes_and_dumps(cluster: Cluster) -> None:
 def test_coordinator_restart_mid_campaign_loses_nothing(cluster: Cluster) -> None:
     campaign_id = cluster.campaign(problems=8, samples=2)
     cluster.start_worker("steady", "--batch-size", "2", "--max-jobs", "2", "--exit-when-idle", "10")
-    deadline = time.monotonic() + 90
-    while cluster.progress(campaign_id)["progress"]["submitted"] < 2:
-        assert time.monotonic() < deadline, "no traces before the restart"
-        time.sleep(0.1)
+    wait_for(
+        lambda: cluster.progress(campaign_id)["progress"]["submitted"] >= 2,
+        180,
+        lambda: f"before the restart: {cluster.progress(campaign_id)}",
+    )
     cluster.kill_coordinator()
     acknowledged = {row[0] for row in _trace_rows(cluster)}
     time.sleep(1.5)

@@ -4,11 +4,11 @@ proof is on the traces (the rescuer's worker id and lease), not only in the camp
 from __future__ import annotations
 
 import signal
-import time
 
 from sqlalchemy import create_engine, text
 
 from tests.integration.conftest import Cluster
+from tests.waiting import wait_for
 
 
 def _query(cluster: Cluster, sql: str, **params: str) -> list[tuple[str, ...]]:
@@ -37,10 +37,9 @@ def test_the_jobs_a_killed_worker_held_are_done_by_its_rescuer(cluster: Cluster)
     campaign_id = cluster.campaign(problems=4, samples=1)
     doomed = cluster.start_worker("doomed", "--batch-size", "4", "--max-jobs", "4")
     doomed_id = _worker_id(cluster, "doomed")
-    deadline = time.monotonic() + 60
-    while not _held_by(cluster, doomed_id):
-        assert time.monotonic() < deadline, f"the first worker never leased: {cluster.progress(campaign_id)}"
-        time.sleep(0.05)
+    wait_for(
+        lambda: _held_by(cluster, doomed_id), 120, lambda: f"no lease yet: {cluster.progress(campaign_id)}"
+    )
     doomed.send_signal(signal.SIGKILL)  # mid-job: its leases stay until their deadline
     doomed.wait(timeout=30)
     orphaned = _held_by(cluster, doomed_id)  # what it held when it died, and never submitted
