@@ -17,7 +17,7 @@ LN2_AT, SQRT_HALF_AT = 12, 13
 
 
 @triton.jit
-def _lowbias32(x: Any) -> Any:
+def _lowbias32(x):
     x = x ^ (x >> 16)
     x = x * 0x7FEB352D
     x = x ^ (x >> 15)
@@ -26,7 +26,7 @@ def _lowbias32(x: Any) -> Any:
 
 
 @triton.jit
-def _exact_log(x: Any, consts_ptr: Any) -> Any:
+def _exact_log(x, consts_ptr):
     """shared.sampling._exact_log, operation for operation (frexp from the bits)."""
     bits = x.to(tl.int64, bitcast=True)
     exponent = (((bits >> 52) & 0x7FF) - 1022).to(tl.float64)
@@ -43,7 +43,7 @@ def _exact_log(x: Any, consts_ptr: Any) -> Any:
 
 
 @triton.jit
-def _row_keys(words_ptr: Any, position: Any) -> Any:
+def _row_keys(words_ptr, position):
     """shared.sampling.row_keys from the row's four uint32 words and the position."""
     seed_lo = tl.load(words_ptr).to(tl.uint32, bitcast=True)
     seed_hi = tl.load(words_ptr + 1).to(tl.uint32, bitcast=True)

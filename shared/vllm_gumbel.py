@@ -5,13 +5,15 @@ request that carries a seed by Gumbel-max with counter-based noise:
 
     z       = float32(logits) / float32(T)             (float32; T = 0: raw logits, no noise)
     z       = top-k, then top-p of z, others at -inf   (before the noise)
-    key     = Philox4x64-10(counter=(pos, 0, 0, 0), key=(seed, 0)), first word   (per row)
-    r       = Philox4x32-10(counter=(token_id, 0, 0, 0), key=(lo32(key), hi32(key))), first word
+    key     = Philox4x32-10(counter=(lo32(pos), hi32(pos), 0, 0), key=(lo32(seed), hi32(seed))), first word
+    r       = Philox4x32-10(counter=(token_id, 0, 0, 0), key=(key, 0)), first word
     m       = r as int32; m < 0 -> -m - 1                 (so m in [0, 2**31))
     u       = max(float32(m) * float32(4.6566127342e-10), that same constant)
     G       = -log(-log1p(-u))                            (large noise near u -> 0)
     token   = argmax of z + G
 
+These are Triton's `tl.randint(seed, pos)` (an int64 offset is split into the counter's first two
+words; the int64 seed into the key's) and `tl.rand(key, token_id)` (a uint32 seed: key (key, 0)).
 `pos` is the position of the *input* token whose logits are sampled: prompt_tokens - 1 + k for
 completion token k (`noise_position`). `seed` is the request's seed; Flywheel derives it from the
 job seed and sample index (`request_seed`), so samples of one problem draw different noise.
@@ -73,13 +75,15 @@ def noise_position(prompt_tokens: int, index: int) -> int:
 
 
 def row_key(seed: int, position: int) -> tuple[int, int]:
-    """The two 32-bit Philox4x32 key words of one (request seed, position)."""
-    word = philox(64, (position, 0, 0, 0), (seed, 0))[0]
-    return word & MASK32, word >> 32
+    """The two 32-bit Philox4x32 key words of one (request seed, position) for the per-token draw:
+    Triton's `tl.randint(seed, position)`, whose uint32 result seeds `tl.rand` (high key word 0)."""
+    seed, position = seed & MASK64, position & MASK64
+    word = philox(32, (position & MASK32, position >> 32, 0, 0), (seed & MASK32, seed >> 32))[0]
+    return word, 0
 
 
 def noise_keys(xp: Any, like: Any, seeds: Sequence[int], positions: Sequence[int]) -> Any:
-    """`row_key` of every row, [2, rows] int64 on the device of `like`. One 64-bit Philox per row
+    """`row_key` of every row, [2, rows] int64 on the device of `like`. One Philox per row
     in Python: rows are few next to the tokens each one draws noise for."""
     keys = [row_key(int(s), int(p)) for s, p in zip(seeds, positions, strict=True)]
     return _Ops(xp, like).i64([[k[0] for k in keys], [k[1] for k in keys]])

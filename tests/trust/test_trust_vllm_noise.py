@@ -5,7 +5,11 @@ validator replaying traces sampled under it on the bundled model."""
 from __future__ import annotations
 
 import math
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,8 +57,11 @@ def f32(x: float) -> float:
 
 def reference_uniform(seed: int, position: int, token: int) -> float:
     """The uniform, step by step from the algorithm, in Python integers and doubles."""
-    key = vllm_gumbel.philox(64, (position, 0, 0, 0), (seed, 0))[0]
-    word = vllm_gumbel.philox(32, (token, 0, 0, 0), (key & 0xFFFFFFFF, key >> 32))[0]
+    # tl.randint(seed, position): an int64 offset and seed split into 32-bit counter and key words
+    mask = 0xFFFFFFFF
+    key = vllm_gumbel.philox(32, (position & mask, position >> 32, 0, 0), (seed & mask, seed >> 32))[0]
+    # tl.rand(key, token): a uint32 seed, so the key's high word is 0
+    word = vllm_gumbel.philox(32, (token, 0, 0, 0), (key, 0))[0]
     signed = word - (1 << 32) if word >= 1 << 31 else word
     magnitude = -signed - 1 if signed < 0 else signed
     scale = f32(vllm_gumbel.UNIFORM_SCALE)
@@ -286,3 +293,48 @@ def test_budget_forcing_replays_under_vllms_noise(validator: Scorer) -> None:
         texts.append(validator.decode(claimed.tokens))
     assert texts[0].index("\\boxed{") <= 6  # the maximum forced the end of thinking
     assert "Wait" in texts[1]  # the minimum forced the wait text
+
+
+TRITON_DRAW = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    import triton
+    import triton.language as tl
+
+    from shared import vllm_gumbel
+
+    @triton.jit
+    def draw(seeds_ptr, pos_ptr, out_ptr, vocab, BLOCK: tl.constexpr):
+        # as vLLM 0.26's gumbel_block_argmax loads and draws them (int64 seed and position)
+        row = tl.program_id(0)
+        seed = tl.load(seeds_ptr + row)
+        pos = tl.load(pos_ptr + row)
+        gumbel_seed = tl.randint(seed, pos)
+        block = tl.arange(0, BLOCK)
+        u = tl.maximum(tl.rand(gumbel_seed, block), 4.6566127342e-10)
+        tl.store(out_ptr + row * vocab + block, u, mask=block < vocab)
+
+    seeds = [0, 1, 2**63 - 1, 123456789, vllm_gumbel.request_seed(7, 3)]
+    positions = [0, 7, 2**40 + 3, 4095, 2**32 - 1]
+    vocab = 1000
+    out = torch.zeros((len(seeds), vocab), dtype=torch.float32)
+    draw[(len(seeds),)](torch.tensor(seeds), torch.tensor(positions), out, vocab, BLOCK=1024)
+    keys = vllm_gumbel.noise_keys(np, np.zeros(1), seeds, positions)
+    ours = vllm_gumbel.uniform_at(np, keys[0][:, None], keys[1][:, None], np.arange(vocab)[None, :])
+    assert (ours == out.numpy()).all(), int((ours != out.numpy()).sum())
+    print("triton's draws match")
+    """
+)
+
+
+def test_the_uniforms_are_tritons_own_philox_draws() -> None:
+    """Against Triton's own `tl.randint`/`tl.rand` (the code vLLM's sampler calls), run by its
+    interpreter: the same float32 uniform for every (request seed, position, token id)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", TRITON_DRAW], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "triton's draws match" in done.stdout
