@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ SETTLE_S = 600.0  # validations of the whole campaign, on the GPU the engine als
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["daemon", "bare", "one"])
+    p.add_argument("stage", choices=["daemon", "bare", "one", "check"])
     p.add_argument("--work", type=Path, required=True, help="folder the stages share")
     p.add_argument("--size", default="0.5b")
     p.add_argument("--problems", type=int, default=128)
@@ -213,6 +214,44 @@ def bare_stage(a: argparse.Namespace) -> dict[str, Any]:
             "identical_completions": round(same, 3)}  # fmt: skip
 
 
+def check_stage(a: argparse.Namespace) -> dict[str, Any]:
+    """Without a coordinator: Flywheel's vLLM engine generates `--problems` x `--samples` jobs on a
+    fresh random model, and the validator re-scores each trace on the same GPU in float32 (the
+    coordinator's validation path, `coordinator.trust.validator.validate`); then once more with one
+    token of each trace changed, which must fail."""
+    from dataclasses import replace
+
+    from coordinator.trust.validator import Submitted, validate
+    from ml.scorer import scorer
+    from shared.protocol import ChatMessage, JobSpec, ModelRef, SamplingParams
+    from worker.engines.vllm import VllmEngine
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    model = build_model(a.work / "model", a.size, "cuda")
+    specs = [
+        JobSpec(job_id=uuid.uuid4(), campaign_id=uuid.uuid4(), problem_id=f"p{i // a.samples}",
+                messages=[ChatMessage(role="user", content=f"What is {17 * i} + {i * i}?")],
+                model=ModelRef(name=str(model)), samples_per_problem=a.samples, sample_index=i % a.samples,
+                sampling=SamplingParams(temperature=[1.0, 0.7, 1.0, 0.0][i % 4], max_tokens=a.max_tokens,
+                                        seed=1000 + i // a.samples))
+        for i in range(a.problems * a.samples)
+    ]  # fmt: skip
+    engine = VllmEngine.load(str(model), path=str(model), gpu_memory_utilization=a.gpu_fraction)
+    generations = engine.generate(specs)
+    noise, dtype = engine.info.noise, engine.info.dtype
+    engine.close()
+    claims = [Submitted(spec, g.completion_token_ids, g.logprobs, g.finish_reason.value, g.text, dtype, noise)
+              for spec, g in zip(specs, generations, strict=True)]  # fmt: skip
+    validator = scorer(str(model), None, "cuda", "float32")
+    honest = [c.outcome for c in validate(validator, claims)]
+    flipped = [replace(c, tokens=[*c.tokens[:-1], (c.tokens[-1] + 1) % 1000]) for c in claims]
+    tampered = [c.outcome for c in validate(validator, flipped)]
+    reasons = sorted({o.reason for o in honest if not o.passed})[:5]
+    return {"stage": "check", "device": gpu_name(), "noise": noise, "traces": len(claims),
+            "tokens": sum(len(c.tokens) for c in claims), "honest_passed": sum(o.passed for o in honest),
+            "tampered_caught": sum(not o.passed for o in tampered), "honest_failures": reasons}  # fmt: skip
+
+
 def gpu_name() -> str:
     import torch
 
@@ -221,7 +260,7 @@ def gpu_name() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    stages = {"daemon": daemon_stage, "bare": bare_stage, "one": one_stage}
+    stages = {"daemon": daemon_stage, "bare": bare_stage, "one": one_stage, "check": check_stage}
     result = stages[a.stage](a)
     print(json.dumps(result))
     return 0
