@@ -255,6 +255,26 @@ class SftSpec(Schema):
     gradient_checkpointing: bool = Field(
         default=False, description="recompute activations in the backward pass: less memory, about 30% slower"
     )
+    nproc: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="training processes on the train machine, launched by torchrun (one per GPU on "
+        "CUDA); 1 trains in the task's own process. Each takes its share of every batch, gradients "
+        "are averaged, so the loss is the single-process one",
+    )
+    engine: Literal["fsdp2"] = Field(
+        default="fsdp2",
+        description="the distributed engine when nproc > 1: PyTorch FSDP2 (fully_shard), parameters, "
+        "gradients and optimizer state sharded over the processes; gloo on the CPU, NCCL on CUDA",
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> SftSpec:
+        # Every process takes the same number of rows of a full batch, so none waits on the others.
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of nproc {self.nproc}")
+        return self
 
 
 class FuzzyMajority(Schema):

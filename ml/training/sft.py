@@ -258,10 +258,27 @@ def _optimizer(model: Any, spec: SftSpec) -> Any:
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
 
 
+@dataclass(frozen=True)
+class Steps:
+    """What the loop calls to take an optimizer step and to keep and restore its resumable
+    snapshot (`workdir / resume`): one process's; ml/training/distributed.py swaps in sharded ones."""
+
+    step: Callable[[Any, Any, list[int], _Data, SftSpec], tuple[float, int]] = _train_step
+    snapshot: Callable[[Any, Any, _State, Path], None] = _snapshot
+    restore: Callable[[Any, Any, Path], _State] = _restore
+    resume: str = "resume.pt"
+
+
 def _loop(
-    model: Any, optimizer: Any, data: _Data, spec: SftSpec, workdir: Path, progress: Progress
+    model: Any,
+    optimizer: Any,
+    data: _Data,
+    spec: SftSpec,
+    workdir: Path,
+    progress: Progress,
+    steps: Steps = Steps(),
 ) -> _State:
-    state = _restore(model, optimizer, workdir / "resume.pt")
+    state = steps.restore(model, optimizer, workdir / steps.resume)
     total = total_steps(len(data.train), spec)
     if state.step == 0 and data.eval:
         model.eval()
@@ -271,7 +288,7 @@ def _loop(
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * _lr_factor(state.step, total, spec.warmup_steps)
         model.train()
-        loss, tokens = _train_step(
+        loss, tokens = steps.step(
             model, optimizer, _batch_rows(state.step, len(data.train), spec), data, spec
         )
         state.step += 1
@@ -285,7 +302,7 @@ def _loop(
                 state.curve["eval"].append([state.step, held])
         progress(state.step / total, f"step {state.step}/{total}", {"train_loss": loss, "step": state.step})
         if state.step % spec.checkpoint_every == 0 and state.step < total:
-            _snapshot(model, optimizer, state, workdir / "resume.pt")
+            steps.snapshot(model, optimizer, state, workdir / steps.resume)
     return state
 
 
@@ -296,6 +313,10 @@ def train(
 
     if not rows:
         raise ValueError("the dataset has no rows")
+    if spec.nproc > 1:
+        from ml.training import distributed  # imports this module: loaded only when asked for
+
+        return distributed.launch(rows, source, spec, workdir, progress)
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
