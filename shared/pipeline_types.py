@@ -346,6 +346,14 @@ class GrpoSpec(Schema):
     seed: int = Field(default=0, ge=0, lt=2**62)
     device: Device = "auto"
     precision: Precision = Field(default="auto", description=PRECISION_HELP)
+    packing: bool = Field(
+        default=True,
+        description="lay a micro-batch's rollouts end to end in rows of pack_length tokens, each "
+        "attending only to itself, instead of padding every rollout to the longest",
+    )
+    pack_length: int = Field(
+        default=4096, ge=8, le=131_072, description="tokens per packed row; a longer rollout has its own"
+    )
     poll_s: float = Field(default=2.0, gt=0, le=60)
 
     @model_validator(mode="after")

@@ -55,6 +55,19 @@ def _labels(example: Example, length: int, mask: Sequence[int] | None) -> list[i
     return labels
 
 
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask), one row per sequence."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, : len(sequence)] = torch.tensor(sequence)
+        attention[i, : len(sequence)] = 1
+    return ids, attention
+
+
 def pad_batch(
     examples: Sequence[Example],
     pad_id: int,
@@ -66,13 +79,9 @@ def pad_batch(
     import torch
 
     rows = [(e.prompt_ids + e.completion_ids)[:max_length] for e in examples]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    ids, attention = pad_sequences(rows, pad_id)
+    labels = torch.full(ids.shape, -100, dtype=torch.long)
     for i, (example, row) in enumerate(zip(examples, rows, strict=True)):
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
         labels[i, : len(row)] = torch.tensor(_labels(example, len(row), masks[i] if masks else None))
     return ids, attention, labels
 
@@ -92,37 +101,70 @@ def _bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Sequences laid end to end in rows: what the model is given, and where each sequence went."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    starts: list[tuple[int, int]]  # (row, column) of each sequence's first token, in the order given
+
+
+def pack_sequences(sequences: Sequence[Sequence[int]], pad_id: int, capacity: int) -> Packed:
+    """Sequences laid end to end (first-fit decreasing) in rows of at most `capacity` tokens; a
+    longer sequence has a row of its own. Positions restart at 0 with each sequence, which is how
+    the model (given no attention mask and no cache) tells them apart: each attends only to itself,
+    as if alone in its row. Only a row's tail is padding, as a sequence of its own."""
+    import torch
+
+    packed = _bins([len(s) for s in sequences], capacity)
+    width = max(sum(len(sequences[i]) for i in row) for row in packed)
+    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(packed), width), dtype=torch.long)
+    starts = [(0, 0)] * len(sequences)
+    for r, members in enumerate(packed):
+        at = 0
+        for i in members:
+            n = len(sequences[i])
+            ids[r, at : at + n] = torch.tensor(sequences[i])
+            positions[r, at : at + n] = torch.arange(n)
+            starts[i] = (r, at)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return Packed(ids, positions, starts)
+
+
 def pack_batch(
     examples: Sequence[Example],
     pad_id: int,
     max_length: int,
     masks: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sequences laid end to end in rows of at most `max_length` tokens: (input_ids, position_ids,
-    labels). Positions restart at 0 with each sequence, which is how the model (given no attention
-    mask and no cache) tells them apart: each attends only to itself, as if alone in its row. Only
-    a row's tail is padding, as a sequence of its own with no labels."""
+    """The examples packed (`pack_sequences`) in rows of at most `max_length` tokens: (input_ids,
+    position_ids, labels). Rows longer than `max_length` lose their end; padding has no labels."""
     import torch
 
     rows = [(e.prompt_ids + e.completion_ids)[:max_length] for e in examples]
-    packed = _bins([len(r) for r in rows], max_length)
-    width = max(sum(len(rows[i]) for i in row) for row in packed)
-    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(packed), width), dtype=torch.long)
-    labels = torch.full((len(packed), width), -100, dtype=torch.long)
-    for r, members in enumerate(packed):
-        at = 0
-        for i in members:
-            n = len(rows[i])
-            ids[r, at : at + n] = torch.tensor(rows[i])
-            positions[r, at : at + n] = torch.arange(n)
-            # A sequence's first label would be predicted from the one before it: never a target.
-            labels[r, at + 1 : at + n] = torch.tensor(
-                _labels(examples[i], n, masks[i] if masks else None)[1:]
-            )
-            at += n
-        positions[r, at:] = torch.arange(width - at)
-    return ids, positions, labels
+    packed = pack_sequences(rows, pad_id, max_length)
+    labels = torch.full(packed.ids.shape, -100, dtype=torch.long)
+    for i, (r, at) in enumerate(packed.starts):
+        n = len(rows[i])
+        # A sequence's first label would be predicted from the one before it: never a target.
+        labels[r, at + 1 : at + n] = torch.tensor(
+            _labels(examples[i], n, masks[i] if masks else None)[1:], dtype=torch.long
+        )
+    return packed.ids, packed.positions, labels
+
+
+def model_inputs(
+    ids: torch.Tensor, device: Any, attention: torch.Tensor | None, positions: torch.Tensor | None
+) -> dict[str, Any]:
+    """The model's keyword arguments for padded rows (an attention mask) or packed ones (position
+    ids). No cache: with one, the model would not look for packing."""
+    if positions is not None:
+        return {"input_ids": ids.to(device), "position_ids": positions.to(device), "use_cache": False}
+    assert attention is not None
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "use_cache": False}
 
 
 @dataclass(frozen=True)
@@ -140,19 +182,7 @@ class LmBatch:
         return int((self.labels[:, 1:] >= 0).sum())
 
     def inputs(self, device: Any) -> dict[str, Any]:
-        """The model's keyword arguments. No cache: with one, the model would not look for packing."""
-        if self.positions is not None:
-            return {
-                "input_ids": self.ids.to(device),
-                "position_ids": self.positions.to(device),
-                "use_cache": False,
-            }
-        assert self.attention is not None
-        return {
-            "input_ids": self.ids.to(device),
-            "attention_mask": self.attention.to(device),
-            "use_cache": False,
-        }
+        return model_inputs(self.ids, device, self.attention, self.positions)
 
 
 def lm_batch(

@@ -21,6 +21,7 @@ from typing import Any
 
 from ml.devices import autocast, pick_device, pick_precision
 from ml.loading import load_model, save_weights
+from ml.training import batches
 from shared.assets import ModelSource
 from shared.pipeline_types import GrpoSpec
 from shared.protocol import SamplingParams
@@ -41,28 +42,42 @@ class Rollout:
 @dataclass
 class _Batch:
     ids: Any
-    attention: Any
-    positions: Any  # [N, 2] (row, column) of the logits that predict each completion token
+    attention: Any  # padded rows' mask; None when packed
+    position_ids: Any  # packed rows' positions, restarting with each rollout; None when padded
+    at: Any  # [N, 2] (row, column) of the logits that predict each completion token
     tokens: Any  # [N]
     old: Any  # [N]
     advantages: Any  # [N]
     owner: Any  # [N] index of the rollout each token belongs to
 
+    def inputs(self, device: Any) -> dict[str, Any]:
+        return batches.model_inputs(self.ids, device, self.attention, self.position_ids)
 
-def _collate(rollouts: Sequence[Rollout], pad_id: int) -> _Batch:
+
+def _layout(rows: Sequence[list[int]], pad_id: int, pack_length: int | None) -> tuple[Any, ...]:
+    """(ids, attention, position ids, where each row's first token went): padded, one rollout a row,
+    or packed as SFT packs (ml.training.batches) in rows of `pack_length` tokens."""
+    if pack_length is None:
+        ids, attention = batches.pad_sequences(rows, pad_id)
+        return ids, attention, None, [(i, 0) for i in range(len(rows))]
+    packed = batches.pack_sequences(rows, pad_id, pack_length)
+    return packed.ids, None, packed.positions, packed.starts
+
+
+def _collate(rollouts: Sequence[Rollout], pad_id: int, pack_length: int | None = None) -> _Batch:
+    """The rollouts as one forward pass's rows, padded or (given `pack_length`) packed; the
+    per-token tables (token, claimed logprob, advantage, owner) are in rollout order either way."""
     import torch
 
+    if any(not r.prompt_ids for r in rollouts):
+        raise ValueError("a rollout without prompt tokens: its first token has nothing to be predicted from")
     rows = [r.prompt_ids + r.completion_ids for r in rollouts]
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    positions, tokens, old, adv, owner = [], [], [], [], []
-    for i, (rollout, row) in enumerate(zip(rollouts, rows, strict=True)):
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        start = len(rollout.prompt_ids)
+    ids, attention, position_ids, starts = _layout(rows, pad_id, pack_length)
+    at, tokens, old, adv, owner = [], [], [], [], []
+    for i, (rollout, (row, first)) in enumerate(zip(rollouts, starts, strict=True)):
+        start = first + len(rollout.prompt_ids)
         for k, token in enumerate(rollout.completion_ids):
-            positions.append((i, start + k - 1))
+            at.append((row, start + k - 1))
             tokens.append(token)
             old.append(rollout.old_logprobs[k])
             adv.append(rollout.advantage)
@@ -70,12 +85,17 @@ def _collate(rollouts: Sequence[Rollout], pad_id: int) -> _Batch:
     return _Batch(
         ids,
         attention,
-        torch.tensor(positions, dtype=torch.long),
+        position_ids,
+        torch.tensor(at, dtype=torch.long),
         torch.tensor(tokens, dtype=torch.long),
         torch.tensor(old, dtype=torch.float64),
         torch.tensor(adv, dtype=torch.float64),
         torch.tensor(owner, dtype=torch.long),
     )
+
+
+def _batch(rollouts: Sequence[Rollout], spec: GrpoSpec, pad_id: int) -> _Batch:
+    return _collate(rollouts, pad_id, spec.pack_length if spec.packing else None)
 
 
 def token_logprobs(model: Any, batch: _Batch, sampling: SamplingParams, precision: str = "float32") -> Any:
@@ -88,8 +108,8 @@ def token_logprobs(model: Any, batch: _Batch, sampling: SamplingParams, precisio
 
     device = next(model.parameters()).device
     with autocast(precision, device.type):
-        logits = model(input_ids=batch.ids.to(device), attention_mask=batch.attention.to(device)).logits
-    rows = logits[batch.positions[:, 0].to(device), batch.positions[:, 1].to(device)].float()
+        logits = model(**batch.inputs(device)).logits
+    rows = logits[batch.at[:, 0].to(device), batch.at[:, 1].to(device)].float()
     logprobs = filtered_logprobs(torch, rows, [sampling] * rows.shape[0])
     return logprobs.gather(-1, batch.tokens.to(device)[:, None])[:, 0]
 
@@ -140,7 +160,7 @@ def _prescore(
     kl_sum, kl_n, dropped = 0.0, 0, 0
     with torch.inference_mode():
         for chunk in _chunks(rollouts, spec.micro_batch):
-            batch = _collate(chunk, pad_id)
+            batch = _batch(chunk, spec, pad_id)
             current = token_logprobs(policy, batch, spec.sampling, _precision(policy, spec))
             ref = token_logprobs(reference, batch, spec.sampling, _precision(reference, spec))
             log_ratio = ref - current
@@ -165,7 +185,7 @@ def _reference_per_chunk(
         return [None for _ in chunks]
     with torch.inference_mode():
         return [
-            token_logprobs(reference, _collate(c, pad_id), spec.sampling, _precision(reference, spec))
+            token_logprobs(reference, _batch(c, spec, pad_id), spec.sampling, _precision(reference, spec))
             for c in chunks
         ]
 
@@ -212,7 +232,7 @@ def _update(
     optimizer.zero_grad(set_to_none=True)
     total, clipped = 0.0, 0
     for chunk, ref in zip(minibatch.chunks, minibatch.reference, strict=True):
-        batch = _collate(chunk, pad_id)
+        batch = _batch(chunk, spec, pad_id)
         objective, was_clipped = _objective(
             token_logprobs(policy, batch, spec.sampling, _precision(policy, spec)), batch, ref, spec
         )
@@ -260,6 +280,7 @@ def step(
     metrics["tokens"] = tokens
     metrics["optimizer_steps"] = spec.epochs_per_step * len(plan)
     metrics["precision"] = _precision(policy, spec)
+    metrics["packing"] = spec.packing
     return metrics
 
 
