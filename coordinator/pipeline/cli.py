@@ -15,9 +15,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from coordinator.commands import run_once
+from shared.pipeline_types import PRECISION_HELP, Precision
 
 
 def add_pipeline_commands(subparsers: Any) -> None:
@@ -50,6 +51,7 @@ def add_pipeline_commands(subparsers: Any) -> None:
     rl.add_argument("--name")
     for flag, kind, default in _RL_FLAGS:
         rl.add_argument(flag, type=kind, default=default)
+    rl.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
     _run_flags(rl)
     rl.set_defaults(func=_rl)
     run = sub.add_parser("run", help="run (or resume) a job in this process until it ends")
@@ -126,6 +128,7 @@ def _rl(args: argparse.Namespace) -> int:
         "max_staleness": args.max_staleness,
         "seed": args.seed,
         "device": args.device,
+        "precision": args.precision,
         "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens},
     }
     return _create({"spec": spec, "name": args.name} if args.name else {"spec": spec}, args.here)

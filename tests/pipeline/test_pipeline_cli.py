@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 from coordinator.config import Settings
+from shared.assets import TINY_MODEL_NAME
 from tests.coordinator.conftest import Api
 from tests.pipeline.pipeline_helpers import campaign, lease_all, problem_set, submit, trace, worked
 
@@ -71,3 +74,47 @@ def test_select_runs_refinement_steps_given_on_the_command_line(api: Api, settin
     assert final["metrics"]["steps"][0]["op"] == "shortest_verified"
     bad = _cli(settings, "select", "--campaign", campaign_id, "--step", "{op: oops}")
     assert bad.returncode != 0 and "--step must be a JSON object" in bad.stderr
+
+
+def _rl(settings: Settings, set_name: str, *flags: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "FLYWHEEL_DATA_DIR": str(settings.data_dir)}
+    env.pop("REDIS_URL", None)
+    command = ["pipeline", "rl", "--model", TINY_MODEL_NAME, "--problem-set", set_name, "--device", "cpu"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordinator.pipeline.cli", *command, *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stored_spec(api: Api, settings: Settings, set_name: str, *flags: str) -> dict[str, Any]:
+    """The spec of the run `rl` creates. The run itself would wait for volunteers' rollouts, so the
+    command is stopped once it has said which job it created."""
+    proc = _rl(settings, set_name, *flags)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        job_id = json.loads(line)["job_id"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    r = api.client.get(f"/v1/pipeline/jobs/{job_id}", headers=api.operator)
+    assert r.status_code == 200, r.text
+    spec: dict[str, Any] = r.json()["spec"]
+    return spec
+
+
+def test_rl_takes_the_trainer_precision_from_the_command_line(api: Api, settings: Settings) -> None:
+    name = f"set-{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "source": "arithmetic", "limit": 2, "split": "test", "seed": 0}
+    assert api.client.post("/v1/problem-sets", json=body, headers=api.operator).status_code == 201
+    assert _stored_spec(api, settings, name, "--precision", "bf16-mixed")["precision"] == "bf16-mixed"
+    assert _stored_spec(api, settings, name, "--precision", "float32")["precision"] == "float32"
+    assert _stored_spec(api, settings, name)["precision"] == "auto"
+    refused = _rl(settings, name, "--precision", "fp16")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "invalid choice: 'fp16'" in err
