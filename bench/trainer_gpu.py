@@ -14,8 +14,9 @@ text, one token per character, for each variant in turn:
 
 Then GRPO trainer steps (`ml.training.grpo.step`: prescoring with the policy and the reference,
 reference logprobs for the KL term, the clipped update) on `--grpo-rollouts` random on-policy
-rollouts, float32 against bf16-mixed: tok/s is the batch's tokens (prompts included) over a
-step's wall time, the first step left out.
+rollouts (`--grpo-varied`: completions of varied length), float32 padded against bf16-mixed padded
+and packed: tok/s is the batch's tokens (prompts included) over a step's wall time, the first step
+left out.
 
 Reported per SFT variant: train tok/s (every non-padding token of a batch, prompt included, over
 the wall time of the steps after `--warmup`), peak GPU memory, the train loss after the last
@@ -193,7 +194,10 @@ def _rollouts(policy: Any, cfg: argparse.Namespace, spec: GrpoSpec, version: int
     shells = []
     for i in range(cfg.grpo_rollouts):
         prompt = torch.randint(3, vocab, (cfg.grpo_prompt,), generator=gen).tolist()
-        completion = torch.randint(3, vocab, (cfg.grpo_completion,), generator=gen).tolist()
+        length = cfg.grpo_completion
+        if cfg.grpo_varied:
+            length = int(torch.randint(max(1, length // 8), length + 1, (1,), generator=gen))
+        completion = torch.randint(3, vocab, (length,), generator=gen).tolist()
         advantage = 1.0 if i % 2 else -1.0
         shells.append(
             grpo.Rollout(
@@ -205,12 +209,13 @@ def _rollouts(policy: Any, cfg: argparse.Namespace, spec: GrpoSpec, version: int
     return [dataclasses.replace(r, old_logprobs=lp) for r, lp in zip(shells, old, strict=True)]
 
 
-def run_grpo(precision: str, folder: Path, cfg: argparse.Namespace) -> dict[str, Any]:
+def run_grpo(precision: str, packing: bool, folder: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     """GRPO trainer steps (prescoring, reference logprobs, clipped update) on the same rollouts."""
     import torch
 
     spec = GrpoSpec(model=str(folder), problem_set_id=uuid.uuid4(), device=cfg.device, precision=precision,
-                    micro_batch=cfg.grpo_micro_batch, kl_coef=0.01, max_logprob_gap=10.0)  # fmt: skip
+                    micro_batch=cfg.grpo_micro_batch, kl_coef=0.01, max_logprob_gap=10.0,
+                    packing=packing)  # fmt: skip
     gc.collect()
     if cfg.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -228,8 +233,9 @@ def run_grpo(precision: str, folder: Path, cfg: argparse.Namespace) -> dict[str,
     peak = torch.cuda.max_memory_allocated() / 1024**3 if cfg.device.startswith("cuda") else 0.0
     tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
     seconds = statistics.fmean(times[1:]) if len(times) > 1 else times[0]  # the first step warms up
-    return {"precision": precision, "step_s": seconds, "tok_s": tokens / seconds, "peak_gib": peak,
-            "loss": metrics["loss"], "kl": metrics["kl"], "trained": metrics["rollouts_trained"]}  # fmt: skip
+    return {"precision": precision, "packing": packing, "step_s": seconds, "tok_s": tokens / seconds,
+            "peak_gib": peak, "loss": metrics["loss"], "kl": metrics["kl"],
+            "trained": metrics["rollouts_trained"]}  # fmt: skip
 
 
 def grpo_report(results: list[dict[str, Any]]) -> str:
@@ -238,7 +244,8 @@ def grpo_report(results: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         ratio = r["tok_s"] / base["tok_s"]
-        cells = [r["precision"], f"{r['tok_s']:,.0f}", f"{ratio:.2f}", f"{r['step_s']:.3f}",
+        label = f"{r['precision']}, {'packed' if r['packing'] else 'padded'}"
+        cells = [label, f"{r['tok_s']:,.0f}", f"{ratio:.2f}", f"{r['step_s']:.3f}",
                  f"{r['peak_gib']:.1f}", f"{r['loss']:.5f}", str(r["trained"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -260,6 +267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-prompt", type=int, default=64, help="prompt tokens per rollout")
     p.add_argument("--grpo-completion", type=int, default=256, help="completion tokens per rollout")
     p.add_argument("--grpo-micro-batch", type=int, default=16)
+    p.add_argument("--grpo-varied", action="store_true", help="completion lengths uniform in [1/8, 1] of it")
     p.add_argument("--json", type=Path, help="also write every result (curves included) here")
     cfg = p.parse_args(argv)
     if not 1 <= cfg.warmup < cfg.steps:
@@ -289,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.json:
         cfg.json.write_text(json.dumps(results, indent=1))
     if cfg.grpo_steps:
-        rl = [run_grpo(precision, folder, cfg) for precision in ("float32", "bf16-mixed")]
+        grpo_variants = (("float32", False), ("bf16-mixed", False), ("bf16-mixed", True))
+        rl = [run_grpo(precision, packing, folder, cfg) for precision, packing in grpo_variants]
         print(grpo_report(rl), flush=True)
     return 0
 
