@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.devices import pick_device, pick_precision
+from ml.errors import DeviceUnavailable
 from ml.loading import load_model, load_tokenizer
 from ml.training import sft
 from shared.assets import ModelSource
@@ -42,6 +43,7 @@ PROGRESS_MARK = "FLYWHEEL-SFT-PROGRESS "
 RESUME = "resume-sharded"
 JOB_FILE = "distributed-job.json"
 RESULT_FILE = "distributed-result.json"
+STOP_TIMEOUT_S = 60.0
 
 
 class LaunchFailed(RuntimeError):
@@ -56,6 +58,7 @@ def launch(
 ) -> sft.SftResult:
     """Train with `spec.nproc` processes; blocks until they end. A callback that raises (a
     cancelled job) stops the whole process group."""
+    _check_devices(spec)
     workdir.mkdir(parents=True, exist_ok=True)
     job = _write_job(rows, source, spec, workdir)
     (workdir / RESULT_FILE).unlink(missing_ok=True)
@@ -67,12 +70,33 @@ def launch(
     try:
         _relay(proc, progress)
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _stop(proc)
         raise
     if proc.wait() != 0:
         raise LaunchFailed(f"torchrun with {spec.nproc} processes exited with status {proc.returncode}")
     return _read_result(workdir / RESULT_FILE)
+
+
+def _check_devices(spec: SftSpec) -> None:
+    """On CUDA each process takes a GPU of its own: refused before anything starts if too few."""
+    import torch
+
+    if pick_device(spec.device) == "cuda" and torch.cuda.device_count() < spec.nproc:
+        raise DeviceUnavailable(
+            f"nproc {spec.nproc} needs {spec.nproc} GPUs; torch sees {torch.cuda.device_count()}"
+        )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to torchrun, whose agent stops the training processes (SIGTERM, then SIGKILL):
+    they run in sessions of their own, out of reach of a signal to torchrun's group. SIGKILL to
+    torchrun's group only if the agent itself hangs."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _write_job(rows: Sequence[dict[str, Any]], source: ModelSource, spec: SftSpec, workdir: Path) -> Path:
@@ -268,6 +292,8 @@ def _snapshot(model: Any, optimizer: Any, state: sft._State, folder: Path) -> No
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    # A forward pass without backward (the held-out loss) leaves the root's parameters gathered.
+    model.reshard()
     step_dir = folder / f"step-{state.step}"
     step_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: _local(v).detach().cpu() for k, v in model.named_parameters() if v.requires_grad}

@@ -211,7 +211,9 @@ def evaluate_loss(model: Any, data: _Data, spec: SftSpec) -> float | None:
     if not data.eval:
         return None
     total, count = 0.0, 0
-    with torch.inference_mode():
+    # no_grad, not inference_mode: under FSDP2 the gathered-parameter buffers outlive the pass,
+    # and inference tensors among them would fail the next training step's in-place gather.
+    with torch.no_grad():
         for batch in _micro_batches(data.eval, data.eval_masks, data, spec):
             total, count = total + float(_summed_loss(model, batch, data.precision)), count + batch.targets
     return total / max(1, count)
