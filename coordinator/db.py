@@ -14,7 +14,9 @@ read transactions rather than holding one open while a client downloads.
 
 from __future__ import annotations
 
+import array
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    LargeBinary,
     String,
     TypeDecorator,
     any_,
@@ -91,6 +94,46 @@ class GUID(TypeDecorator[uuid.UUID]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class _Packed(TypeDecorator[list[Any]]):
+    """A list of numbers as one binary value in a fixed little-endian layout: a trace's token ids
+    and logprobs, thousands per row, read and written whole (docs/scaling.md measures the bytes)."""
+
+    impl = LargeBinary
+    cache_ok = True
+    code = "d"
+
+    def process_bind_param(self, value: Sequence[Any] | None, dialect: Dialect) -> bytes | None:
+        if value is None:
+            return None
+        packed = array.array(self.code, value)
+        if sys.byteorder != "little":
+            packed.byteswap()
+        return packed.tobytes()
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> list[Any] | None:
+        if value is None:
+            return None
+        packed = array.array(self.code)
+        packed.frombytes(bytes(value))
+        if sys.byteorder != "little":
+            packed.byteswap()
+        return packed.tolist()
+
+
+class PackedInts(_Packed):
+    """int32 values (token ids: every vocabulary fits), 4 bytes each."""
+
+    cache_ok = True  # SQLAlchemy reads it from each class itself
+    code = "i"
+
+
+class PackedFloats(_Packed):
+    """float64 values (logprobs, exactly as the worker sent them), 8 bytes each."""
+
+    cache_ok = True
+    code = "d"
 
 
 class Base(DeclarativeBase):

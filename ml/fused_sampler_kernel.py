@@ -7,8 +7,6 @@ Every float64 constant the noise needs (the atanh series, ln 2, sqrt 1/2) comes 
 
 from __future__ import annotations
 
-from typing import Any
-
 import triton
 import triton.language as tl
 

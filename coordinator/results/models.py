@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, false, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coordinator.db import GUID, Base, JSONType, UTCDateTime, utcnow
+from coordinator.db import GUID, Base, JSONType, PackedFloats, PackedInts, UTCDateTime, utcnow
 from shared.protocol import TraceStatus
 
 PENDING, ACCEPTED, REJECTED = TraceStatus.pending, TraceStatus.accepted, TraceStatus.rejected
@@ -38,8 +38,8 @@ class Trace(Base):
     lease_id: Mapped[uuid.UUID] = mapped_column(GUID)
     attempt_id: Mapped[uuid.UUID] = mapped_column(GUID, unique=True)
     text: Mapped[str] = mapped_column(Text)
-    completion_token_ids: Mapped[list[int]] = mapped_column(JSONType)
-    logprobs: Mapped[list[float]] = mapped_column(JSONType)
+    completion_token_ids: Mapped[list[int]] = mapped_column(PackedInts)
+    logprobs: Mapped[list[float]] = mapped_column(PackedFloats)
     finish_reason: Mapped[str] = mapped_column(String(16))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer)
