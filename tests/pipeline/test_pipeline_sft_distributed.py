@@ -5,6 +5,7 @@ snapshots, and the pipeline's SFT job taking the two-process path."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.pipeline.test_pipeline_sft import _no_progress, _rows, _spec
 # the second rank has none (it runs a zero-weighted pass); micro-batches of one row give each rank
 # two passes of a full batch. Eval every 5 steps, a sharded snapshot every 5.
 RUN = {"max_steps": 20, "micro_batch": 1, "eval_fraction": 0.15, "eval_every": 5, "checkpoint_every": 5}
+pytestmark = pytest.mark.slow  # four torchrun launches of two processes each
 LOSS_RTOL = 1e-5  # float32 sums in another order, compounded over 20 Adam steps
 WEIGHT_ATOL = 1e-4
 
@@ -39,15 +41,17 @@ def _largest_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[sft.SftResult, sft.SftResult]:
-    """The same 20-step job in one process and in two."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sft.SftResult, sft.SftResult]]:
+    """The same 20-step job in one process and in two (torchrun gives each of those one thread)."""
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root, source, rows = tmp_path_factory.mktemp("sft"), ModelSource(str(tiny_model_dir())), _rows(20)
     one = sft.train(rows, source, _spec(**RUN), root / "one", _no_progress)
     two = sft.train(rows, source, _spec(**RUN, nproc=2), root / "two", _no_progress)
-    return one, two
+    torch.set_num_threads(threads)
+    yield one, two
 
 
 def test_two_processes_take_the_single_process_loss_at_every_step(
