@@ -30,7 +30,7 @@ from shared.sampling import MASK32, sample_step
 FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 CACHE_QUANTUM = 128  # cache lengths are rounded up to this, so batches of nearby shapes share a graph
 SYNC_EVERY = 16  # decode steps between reads of the produced tokens (to find rows that stopped)
-GRAPHS_KEPT = 4
+GRAPHS_KEPT = 2  # each holds a KV cache for its shape: a 7B model's at batch 256 is tens of GiB
 
 
 def supports(model: Any) -> str | None:
