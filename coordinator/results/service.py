@@ -221,10 +221,12 @@ def record_verdict(
     session: Session, trace_id: uuid.UUID, verdict: Verdict, lock: bool, seconds: float = 0.0
 ) -> Trace | None:
     """Store the verdict once; a second run of the same task finds the trace decided and stops.
-    `seconds`: what verifying it cost, charged to its worker's verification budget."""
+    `seconds`: what verifying it cost, charged to its worker's verification budget. Locks the
+    trace, its job, then its worker's row: the lock order of coordinator/trust/service.py."""
     trace = repository.get_for_update(session, trace_id, lock=lock)
     if trace is None or trace.status != PENDING:
         return None
+    jobs_repository.set_status(session, [trace.job_id], DONE)
     charge_verification(session, trace.worker_id, seconds, lock)
     trace.status = ACCEPTED if verdict.passed else REJECTED
     trace.score = verdict.score
@@ -234,7 +236,6 @@ def record_verdict(
         stored["details"]["stalls"] = stalls
     trace.verdict = stored
     trace.verified_at = utcnow()
-    jobs_repository.set_status(session, [trace.job_id], DONE)
     if verdict.passed:
         workers_repository.add_counts(session, trace.worker_id, accepted=1)
     return trace

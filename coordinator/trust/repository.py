@@ -71,6 +71,12 @@ def trace(session: Session, trace_id: uuid.UUID, lock: bool = False) -> Trace | 
     return session.scalars(query).first()
 
 
+def worker_of(session: Session, trace_id: uuid.UUID) -> uuid.UUID | None:
+    """The trace's worker, read without a lock (it never changes): what the worker's trust record
+    is locked by before the trace is (coordinator/trust/service.py, lock order)."""
+    return session.scalar(select(Trace.worker_id).where(Trace.id == trace_id))
+
+
 def job_rows(session: Session, trace_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
     """trace id -> its job's (id, campaign_id, seed, sample_index), what the lease path builds a
     JobSpec from."""

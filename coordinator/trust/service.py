@@ -5,6 +5,28 @@ with a verdict is validated with probability `check_probability(trust, floor)`: 
 worker is new. A failed validation sets trust to 0, quarantines the worker (its token stops working:
 the ban flag, so no lease or submission gets through) and withdraws from dumps every trace of
 theirs created after the newest trace that passed a spot-check, until each passes a re-check.
+
+Lock order (PostgreSQL row locks). Every transaction that locks a worker's rows takes them in this
+order, or in a part of it, never backwards, so no two of them can wait for each other in a cycle:
+
+1. the worker's `worker_trust` row (`repository.trust_of(lock=True)`);
+2. the worker's traces: first the one the transaction is about (SELECT ... FOR UPDATE), then, only
+   while holding 1, the others a failure or an operator withdraws (`repository.taint`,
+   `repository.queue_all`: UPDATEs of many rows in no fixed order, which 1 serialises). A trace's
+   credit and validation rows are written only by whoever holds the trace, so they go with it;
+3. the jobs of those traces (reopened after a failure; set done by the verdict);
+4. the worker's `workers` row (lease credit, ban, verification spend): a plain UPDATE or FOR NO KEY
+   UPDATE, never FOR UPDATE, so the foreign-key checks of rows inserted for the worker (FOR KEY
+   SHARE) never wait for it.
+
+A step that needs a row's key before it may lock that row reads it unlocked first: the spot-check
+decision reads its trace's worker id (which never changes) to lock 1 before 2. The paths:
+`after_verdict` 1, 2, then 3 or 4; `record` 1, 2 (its trace, then on a failure the others), 3, 4;
+`skip` 2, 4; `revalidate` 1, 2; `_set_banned` 1, 4; the verdict itself
+(coordinator/results/service.py `record_verdict`) 2, 3, 4. The lease path updates 4 before it
+claims jobs, but claims with SKIP LOCKED and so never waits for 3. The old order (a trace, then
+trust, then the worker's other traces) deadlocked a verdict against a failed validation of the
+same worker (tests/trust/test_trust_lock_order.py).
 """
 
 from __future__ import annotations
@@ -84,10 +106,13 @@ def skip(session: Session, trace_id: uuid.UUID, lock: bool) -> None:
 
 def after_verdict(session: Session, trace_id: uuid.UUID, floor: float, lock: bool) -> bool:
     """Decide, once, whether this verified trace is validated; True: enqueue its validation."""
+    worker_id = repository.worker_of(session, trace_id)
+    if worker_id is None:
+        return False
+    record = repository.trust_of(session, worker_id, lock=lock)  # before the trace: lock order
     trace = repository.trace(session, trace_id, lock=lock)
     if trace is None or trace.status == PENDING or trace.validation is not None:
         return False
-    record = repository.trust_of(session, trace.worker_id, lock=lock)
     openai = trace.engine.get("name") == "openai"
     if _unverifiable(trace, repository.sampling_of(session, trace.campaign_id) if openai else None):
         trace.validation, trace.verifiable = UNVERIFIABLE, False  # False keeps it out of dumps
@@ -189,6 +214,7 @@ def record(
     failure). A second run for the same trace finds it decided and changes nothing. A passed
     spot-check adds its positions to the worker's evidence in the same transaction; evidence
     reaching `threshold` fails the validation, with every consequence a failure has."""
+    record = repository.trust_of(session, item.worker_id, lock=lock)  # before the trace: lock order
     trace = repository.trace(session, item.trace_id, lock=lock)
     if trace is None or trace.validation not in (QUEUED, RECHECK):
         return []
@@ -197,7 +223,6 @@ def record(
     if outcome is None:
         _store(session, trace, purpose, ERROR, result, None)
         return []
-    record = repository.trust_of(session, trace.worker_id, lock=lock)
     repository.touch(record)
     weighed = _weigh(session, item, result, record, purpose, threshold) if outcome.passed else None
     outcome = _judged(outcome, weighed, record, purpose, threshold)
@@ -302,6 +327,9 @@ def _failed(
     weighed: Weighed | None = None,
     threshold: float = math.inf,
 ) -> list[uuid.UUID]:
+    # The worker's other traces first, then the job and the workers row (module docstring): a
+    # verdict holding one of those traces goes on to the workers row, which is still free.
+    recheck = repository.taint(session, trace.worker_id, record.vouched_until, trace.id)
     _return(session, trace)
     trace.withdrawn = True
     record.failed += 1
@@ -313,7 +341,7 @@ def _failed(
     crossed = evidence.failure(weighed, threshold) if weighed is not None else {}
     record.last_failure = {"trace_id": str(trace.id), **outcome.details(), **crossed}
     workers.set_banned(session, trace.worker_id, True)
-    return repository.taint(session, trace.worker_id, record.vouched_until, trace.id)
+    return recheck
 
 
 # --------------------------------------------------------------------------- operators
@@ -410,6 +438,7 @@ def revalidate(session: Session, worker_id: uuid.UUID) -> list[uuid.UUID]:
     """Withdraw every verified trace of the worker until a re-check passes it (the operator's answer
     to a worker whose older traces are in doubt)."""
     _worker(session, worker_id)
+    repository.trust_of(session, worker_id, lock=True)  # withdrawals of a worker's traces queue here
     return repository.queue_all(session, worker_id)
 
 

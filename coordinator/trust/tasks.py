@@ -68,6 +68,13 @@ def _model_of(item: service.Pending) -> tuple[str, str]:
 
 
 def _validate_group(runtime: Runtime, name: str, revision: str | None, items: list[service.Pending]) -> None:
+    store(runtime, items, score(runtime, name, revision, items))
+
+
+def score(
+    runtime: Runtime, name: str, revision: str | None, items: list[service.Pending]
+) -> list[service.Result]:
+    """Re-score one model's traces, outside any transaction: a prefill holds no row lock."""
     settings = runtime.settings
     validator = {"model": name, "device": settings.validation_device, "dtype": settings.validation_dtype}
     try:
@@ -77,10 +84,15 @@ def _validate_group(runtime: Runtime, name: str, revision: str | None, items: li
         )
     except ModelUnavailable as exc:
         log.warning("validation of %d traces: %s", len(items), exc)
-        results = [service.Result(None, str(exc), validator, 0.0)] * len(items)
-    else:
-        validator = {"model": name, "device": scorer.device, "dtype": scorer.dtype}
-        results = _check(scorer, items, validator, settings.validation_noise.get(name))
+        return [service.Result(None, str(exc), validator, 0.0)] * len(items)
+    validator = {"model": name, "device": scorer.device, "dtype": scorer.dtype}
+    return _check(scorer, items, validator, settings.validation_noise.get(name))
+
+
+def store(runtime: Runtime, items: list[service.Pending], results: list[service.Result]) -> None:
+    """Record each outcome in a transaction of its own (service.record takes the locks in the
+    order its module docstring gives), then enqueue the re-checks a failure asked for."""
+    settings = runtime.settings
     threshold = evidence.threshold(settings.evidence_false_alarm, settings.evidence_lifetime)
     for item, result in zip(items, results, strict=True):
         with transaction(runtime.sessions) as session:

@@ -60,10 +60,12 @@ def set_lease_credit(session: Session, worker_id: uuid.UUID, add: int | None) ->
 def verification_window(
     session: Session, worker_id: uuid.UUID, lock: bool = False
 ) -> tuple[float, datetime | None]:
-    """(seconds spent, start of the hour they were spent in) of the worker's verification."""
+    """(seconds spent, start of the hour they were spent in) of the worker's verification. `lock`
+    takes FOR NO KEY UPDATE, the lock the UPDATE that follows takes anyway: unlike FOR UPDATE it
+    does not wait for the foreign-key checks of rows inserted for the worker meanwhile."""
     w = WORKERS.c
     query = select(w.verify_spent_s, w.verify_window_at).where(w.id == worker_id)
-    row = session.execute(query.with_for_update() if lock else query).first()
+    row = session.execute(query.with_for_update(key_share=True) if lock else query).first()
     return (0.0, None) if row is None else (float(row[0]), row[1])
 
 
