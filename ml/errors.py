@@ -4,7 +4,8 @@
     ├── DeviceUnavailable (also RuntimeError)   the device asked for is not there
     ├── ModelUnavailable                        a model cannot be loaded (missing, no memory, bad revision)
     ├── WeightsMisfit (also ValueError)         a weights file that is not this model's
-    └── NoChatTemplate (also ValueError)        a tokenizer that cannot render chat messages
+    ├── NoChatTemplate (also ValueError)        a tokenizer that cannot render chat messages
+    └── LaunchFailed (also RuntimeError)        a multi-process training run (torchrun) exited with an error
 
 Callers catch `MLError` for "the model side failed", or one class for one remedy.
 """
@@ -35,3 +36,7 @@ class WeightsMisfit(MLError, ValueError):
 
 class NoChatTemplate(MLError, ValueError):
     """The tokenizer cannot render chat messages."""
+
+
+class LaunchFailed(MLError, RuntimeError):
+    """torchrun, or one of the training processes it started, exited with an error."""

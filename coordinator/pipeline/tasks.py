@@ -23,11 +23,11 @@ from typing import Any
 from coordinator.db import after_commit, transaction
 from coordinator.pipeline import rl, service
 from coordinator.pipeline.models import DONE, FAILED, Artifact
-from coordinator.pipeline.ops import evaluate, selection, ttc
+from coordinator.pipeline.ops import evaluate, selection, steps, ttc
 from coordinator.pipeline.runner import JobLost, Outcome, Runner, write_text
 from coordinator.runtime import Runtime, get_runtime
 from ml import embeddings
-from ml.training import sft
+from ml.training import finetune, sft
 from shared.assets import ModelSource
 from shared.pipeline_types import EvaluateSpec, GrpoSpec, SelectSpec, SftSpec, artifact_model_name
 from shared.protocol import StrategyReport
@@ -104,7 +104,7 @@ def _select(runner: Runner) -> Outcome:
         progress=lambda fraction, stage: runner.progress(fraction, stage),
         workdir=runner.workdir,
     )
-    candidates, reports = selection.run(records, spec.steps, ctx)
+    candidates, reports = steps.run(records, spec.steps, ctx)
     kept = [c for c in candidates if c.dropped is None]
     dataset = runner.workdir / "dataset.jsonl"
     write_text(
@@ -248,7 +248,7 @@ def _sft(runner: Runner) -> Outcome:
     def progress(fraction: float, stage: str, latest: dict[str, Any]) -> None:
         runner.progress(0.98 * fraction, stage, {"latest": latest})
 
-    result = sft.train(rows, source, spec, runner.workdir, progress)
+    result = finetune.train(rows, source, spec, runner.workdir, progress)
     checkpoint = _sft_outputs(runner, name, base, spec, result)
     metrics = {**result.metrics, "model": artifact_model_name(checkpoint.sha256)}
     report = {

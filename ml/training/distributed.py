@@ -1,6 +1,6 @@
 """SFT over several processes on one machine: PyTorch FSDP2 (`fully_shard`), launched by torchrun.
 
-`launch` is what the pipeline's train task calls (through `sft.train`) when a spec asks for
+`launch` is what the pipeline's train task calls (through `finetune.train`) when a spec asks for
 `nproc` > 1: it writes the rows and the spec to the work folder, starts
 `python -m torch.distributed.run --standalone --nproc-per-node N -m ml.training.distributed JOB`
 and relays rank 0's progress lines to the task's callback. Each rank loads the same model with
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.devices import pick_device, pick_precision
-from ml.errors import DeviceUnavailable
+from ml.errors import DeviceUnavailable, LaunchFailed
 from ml.loading import load_model, load_tokenizer
 from ml.training import sft
 from shared.assets import ModelSource
@@ -44,10 +44,6 @@ RESUME = "resume-sharded"
 JOB_FILE = "distributed-job.json"
 RESULT_FILE = "distributed-result.json"
 STOP_TIMEOUT_S = 60.0
-
-
-class LaunchFailed(RuntimeError):
-    """torchrun, or one of the training processes it started, exited with an error."""
 
 
 # --------------------------------------------------------------------------- the launching side

@@ -316,9 +316,7 @@ def train(
     if not rows:
         raise ValueError("the dataset has no rows")
     if spec.nproc > 1:
-        from ml.training import distributed  # imports this module: loaded only when asked for
-
-        return distributed.launch(rows, source, spec, workdir, progress)
+        raise ValueError("nproc > 1 runs under ml.training.finetune.train (several processes)")
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)

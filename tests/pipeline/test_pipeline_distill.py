@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coordinator.pipeline.ops import selection
+from coordinator.pipeline.ops import selection, steps
 from ml import embeddings, loading
 from ml.training import batches
 from shared.assets import TINY_MODEL_NAME, ModelSource, tiny_model_dir
@@ -190,7 +190,7 @@ def test_diversity_samples_across_embedding_clusters() -> None:
         source_campaigns=[],
     )
     step = Diversity(max_records=3, clusters=3, text="completion", device="cpu")
-    candidates, reports = selection.run(records, [step], ctx)
+    candidates, reports = steps.run(records, [step], ctx)
     kept = [c.record["id"].split("-")[0] for c in candidates if c.dropped is None]
     assert sorted(kept) == ["arithmetic", "cooking", "space"] and reports[0].kept == 3
     clusters: dict[str, set[int]] = {c.record["id"].split("-")[0]: set() for c in candidates}

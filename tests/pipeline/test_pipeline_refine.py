@@ -14,7 +14,7 @@ from typing import Any
 from coordinator.config import Settings
 from coordinator.db import transaction
 from coordinator.pipeline import service, tasks
-from coordinator.pipeline.ops import selection
+from coordinator.pipeline.ops import selection, steps
 from shared.assets import TINY_MODEL_NAME, ModelSource, resolve_model
 from shared.pipeline_types import LossRewrite, ShortestVerified
 from tests.coordinator.conftest import Api
@@ -100,7 +100,7 @@ def test_shortest_verified_reverifies_and_skips_a_trace_that_fails(api: Api, set
     # The shortest trace no longer holds the right answer (as if its verifier had been made stricter).
     shortest["completion"] = shortest["completion"].replace("\\boxed{", "\\boxed{1")
     ctx = _context(lambda record, text: tasks._reverify(specs, record, text))
-    candidates, _ = selection.run(records, [ShortestVerified()], ctx)
+    candidates, _ = steps.run(records, [ShortestVerified()], ctx)
     kept = [c for c in candidates if c.dropped is None]
     assert len(kept) == 1 and kept[0].record["completion"].endswith(TRAILER)
     failed = next(c for c in candidates if c.record["id"] == shortest["id"])
@@ -173,7 +173,7 @@ def test_a_resumed_rewrite_reads_finished_traces_from_the_job_folder(api: Api, s
         raise AssertionError("a finished trace was worked on again")
 
     ctx = _context(lambda r, t: False, service.workdir(settings, uuid.UUID(done["id"])), no_model)
-    candidates, _ = selection.run(records, [LossRewrite.model_validate(REWRITE)], ctx)
+    candidates, _ = steps.run(records, [LossRewrite.model_validate(REWRITE)], ctx)
     assert sorted(c.record["completion"] for c in candidates) == sorted(r["completion"] for r in rows)
 
 

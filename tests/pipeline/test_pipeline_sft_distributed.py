@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ml.training import distributed, sft
+from ml.training import distributed, finetune, sft
 from shared.assets import TINY_MODEL_NAME, ModelSource, tiny_model_dir
 from shared.pipeline_types import SftSpec
 from tests.coordinator.conftest import Api
@@ -48,8 +48,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sft.SftResu
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root, source, rows = tmp_path_factory.mktemp("sft"), ModelSource(str(tiny_model_dir())), _rows(20)
-    one = sft.train(rows, source, _spec(**RUN), root / "one", _no_progress)
-    two = sft.train(rows, source, _spec(**RUN, nproc=2), root / "two", _no_progress)
+    one = finetune.train(rows, source, _spec(**RUN), root / "one", _no_progress)
+    two = finetune.train(rows, source, _spec(**RUN, nproc=2), root / "two", _no_progress)
     torch.set_num_threads(threads)
     yield one, two
 
@@ -88,13 +88,13 @@ def test_an_interrupted_two_process_run_resumes_from_its_shards(
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        sft.train(rows, source, spec, tmp_path, crash_at_twelve)
+        finetune.train(rows, source, spec, tmp_path, crash_at_twelve)
     assert (tmp_path / distributed.RESUME / "latest").read_text() == "step-10"
     assert sorted(p.name for p in (tmp_path / distributed.RESUME / "step-10").glob("rank-*.pt")) == [
         "rank-0.pt",
         "rank-1.pt",
     ]
-    resumed = sft.train(rows, source, spec, tmp_path, _no_progress)
+    resumed = finetune.train(rows, source, spec, tmp_path, _no_progress)
     assert resumed.curve["train"][:10] == straight.curve["train"][:10]  # restored, not recomputed
     for (_, a), (_, b) in zip(resumed.curve["train"], straight.curve["train"], strict=True):
         assert a == pytest.approx(b, rel=1e-6)
@@ -123,7 +123,7 @@ def test_an_sft_job_with_two_processes_publishes_the_single_process_checkpoint(
     assert report["metrics"]["nproc"] == 2 and len(report["curve"]["train"]) == 3
     (tmp_path / "job.safetensors").write_bytes(download(api, trained["outputs"]["checkpoint"]["sha256"]))
     rows = [json.loads(line) for line in download(api, dataset).splitlines()]
-    single = sft.train(
+    single = finetune.train(
         rows,
         ModelSource(str(tiny_model_dir())),
         SftSpec.model_validate({**spec, "nproc": 1}),

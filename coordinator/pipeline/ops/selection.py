@@ -24,7 +24,6 @@ from shared.pipeline_types import (
     LengthPrune,
     PassRate,
     RewardVariance,
-    SelectionStep,
     StudentLoss,
     TokenMask,
 )
@@ -328,30 +327,6 @@ STEPS: dict[str, Callable[[list[Candidate], Any, int, Context], None]] = {
     "length_prune": length_prune,
     "diversity": diversity,
 }
-
-
-def _registry() -> dict[str, Callable[[list[Candidate], Any, int, Context], None]]:
-    """Every step: these filters and the refinement steps (which build on this module, hence the
-    import here rather than at the top)."""
-    from coordinator.pipeline.ops import refine
-
-    return {**STEPS, **refine.STEPS}
-
-
-def run(
-    records: Iterable[dict[str, Any]], steps: Sequence[SelectionStep], ctx: Context
-) -> tuple[list[Candidate], list[StepReport]]:
-    """Apply the steps in order; returns every candidate (kept or not) and a report per step."""
-    cands = [Candidate(record=r) for r in records]
-    reports = []
-    for index, step in enumerate(steps):
-        alive = [c for c in cands if c.dropped is None]
-        ctx.progress(0.0, f"step {index} ({step.op}) over {len(alive)} traces")
-        if alive:
-            _registry()[step.op](alive, step, index, ctx)
-        kept = sum(c.dropped is None for c in alive)
-        reports.append(StepReport(step.op, step.model_dump(mode="json"), len(alive), kept))
-    return cands, reports
 
 
 def scorer_for(source: ModelSource, device: str) -> ScoredModel:
