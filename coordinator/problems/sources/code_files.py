@@ -17,9 +17,10 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.errors import ValidationFailed
+from coordinator.problems.sources.options import parse_options
 from shared.protocol import ProblemIn
 
 Format = Literal["apps", "codecontests", "mbpp"]
@@ -43,13 +44,7 @@ class CodeOptions(BaseModel):
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> CodeOptions:
-        try:
-            return cls.model_validate(options)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"]) or "options"
-            details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-            raise ValidationFailed(f"bad code options: {where}: {error['msg']}", details) from exc
+        return parse_options(cls, options, "code")
 
 
 def problem(options: CodeOptions, line: str) -> ProblemIn | None:

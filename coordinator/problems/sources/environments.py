@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.errors import ValidationFailed
+from coordinator.problems.sources.options import parse_options
 from shared.protocol import ProblemIn
 
 SPLITS = {"train": "train", "eval": "eval", "test": "eval"}  # a set's default split, test, is eval
@@ -27,13 +28,7 @@ class EnvironmentOptions(BaseModel):
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> EnvironmentOptions:
-        try:
-            return cls.model_validate(options)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"]) or "options"
-            details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-            raise ValidationFailed(f"bad verifiers options: {where}: {error['msg']}", details) from exc
+        return parse_options(cls, options, "verifiers")
 
 
 def split_of(split: str) -> str:
